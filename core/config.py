@@ -1,0 +1,193 @@
+"""Settings: one pydantic-settings class, read from `TENANTLLM_*` variables and `.env`.
+
+Nothing here runs at import time: call `get_settings()` (cached) when a value is needed.
+Every field is documented in the README's "Settings" table (a test checks it).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+# Values that must never be used outside development mode.
+DEV_PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105
+
+
+class Settings(BaseSettings):
+    """All configuration of one tenantllm deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TENANTLLM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- general -------------------------------------------------------------------------
+    mode: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses placeholder secrets and sets Secure cookies.",
+    )
+    data_dir: Path = Field(Path("./data"), description="Where all local state lives.")
+    host: str = Field("127.0.0.1", description="Address the web server binds to.")
+    port: int = Field(7860, ge=1, le=65535, description="Port the web server listens on.")
+    public_url: str = Field(
+        "",
+        description="External base URL (for OIDC redirects behind a proxy); default http://host:port.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "testserver"],
+        description="Host headers accepted (TrustedHostMiddleware). JSON list.",
+    )
+    secret_key: str = Field(
+        DEV_PLACEHOLDER_SECRET,
+        description="Signs session cookies. Required (not the placeholder) in production.",
+    )
+    master_key: str = Field(
+        "",
+        description="Master key for encrypting stored documents (per-tenant keys are derived "
+        "from it). Empty: a random key is generated under data_dir in development; "
+        "required in production.",
+    )
+
+    # --- engine --------------------------------------------------------------------------
+    engine_backend: Literal["vllm", "openai"] = Field(
+        "vllm", description="`vllm`: in-process engine. `openai`: a remote vLLM server."
+    )
+    model: str = Field(
+        "bundled",
+        description="`bundled` (SmolLM2-135M-Instruct, converted once) or an HF folder/name.",
+    )
+    engine_url: str = Field(
+        "", description="Base URL of the remote OpenAI-compatible server (backend `openai`)."
+    )
+    engine_api_key: str = Field("", description="API key for the remote engine, if it needs one.")
+    max_model_len: int = Field(2048, ge=256, description="Context length the engine serves.")
+    kv_cache_gib: int = Field(1, ge=1, description="KV-cache size in GiB (CPU engine).")
+    max_num_seqs: int = Field(64, ge=1, description="Requests batched together by the engine.")
+    enforce_eager: bool = Field(True, description="Skip graph compilation (fast start on CPU).")
+    enable_lora: bool = Field(False, description="Start the engine with LoRA (per-tenant adapters).")
+    max_prompt_tokens: int = Field(1536, ge=16, description="Longest prompt accepted, in tokens.")
+    max_output_tokens: int = Field(512, ge=1, description="Largest `max_tokens` accepted.")
+    default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when none is given.")
+
+    # --- identity ------------------------------------------------------------------------
+    oidc_issuer: str = Field(
+        "",
+        description="Issuer URL of your IdP. Empty: `make run` starts a local demo provider.",
+    )
+    oidc_client_id: str = Field("tenantllm", description="OIDC client id.")
+    oidc_client_secret: str = Field("tenantllm-secret", description="OIDC client secret.")
+    oidc_groups_claim: str = Field("groups", description="Claim that carries the IdP groups.")
+    oidc_audience: str = Field(
+        "", description="Audience expected in bearer access tokens (default: the client id)."
+    )
+    group_mapping_file: Path = Field(
+        Path("assets/group_mapping.yaml"), description="IdP groups -> tenant roles (YAML)."
+    )
+    groups_refresh_seconds: int = Field(
+        300, ge=5, description="How often a session's groups are re-read from the IdP."
+    )
+    session_max_age_seconds: int = Field(8 * 3600, ge=60, description="Session lifetime.")
+    demo_idp_port: int = Field(9400, description="Port of the local demo OIDC provider.")
+
+    # --- storage -------------------------------------------------------------------------
+    database_url: str = Field(
+        "", description="SQLAlchemy URL. Empty: SQLite (WAL) at data_dir/tenantllm.db."
+    )
+    redis_url: str = Field(
+        "", description="Redis URL for shared rate-limit counters. Empty: in-process."
+    )
+    audit_prompt_text: bool = Field(
+        False, description="Store prompt text in the audit log (a digest is always stored)."
+    )
+    audit_flush_interval_ms: int = Field(200, ge=10, description="Audit writer batch interval.")
+    injection_block: bool = Field(
+        False, description="Refuse prompts flagged as prompt injection (default: flag only)."
+    )
+
+    # --- limits --------------------------------------------------------------------------
+    rate_limit_user: str = Field("30/minute", description="Chat requests per user.")
+    rate_limit_tenant: str = Field("300/minute", description="Chat requests per tenant.")
+    tenant_max_concurrency: int = Field(
+        8, ge=1, description="Generations one tenant may run at once."
+    )
+
+    # --- documents -----------------------------------------------------------------------
+    max_upload_mb: int = Field(20, ge=1, description="Largest file accepted, in MB.")
+    parse_timeout_seconds: int = Field(60, ge=1, description="Time limit to parse one file.")
+    parse_memory_mb: int = Field(2048, ge=128, description="Memory limit to parse one file.")
+    chunk_size: int = Field(512, ge=64, description="Chunk size in tokens.")
+    chunk_overlap: int = Field(64, ge=0, description="Chunk overlap in tokens.")
+    top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question (default).")
+    tenant_plugins: list[str] = Field(
+        default_factory=list,
+        description="Allow-list of third-party tenant plugins (entry-point names), JSON list.",
+    )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in use (SQLite under data_dir unless configured)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tenantllm.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        """Where users reach the app."""
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+def check_production(settings: Settings) -> None:
+    """Refuse placeholder secrets outside development mode."""
+    if settings.mode != "production":
+        return
+    if settings.secret_key == DEV_PLACEHOLDER_SECRET:
+        raise ConfigError("TENANTLLM_SECRET_KEY must be set in production mode.")
+    if not settings.master_key:
+        raise ConfigError("TENANTLLM_MASTER_KEY must be set in production mode.")
+
+
+def load_settings() -> Settings:
+    """Read settings, turning validation errors into one clear message naming the setting."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            env_name = f"TENANTLLM_{name.upper()}"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown setting {env_name}")
+            else:
+                problems.append(f"{env_name}: {err['msg']}")
+        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+    check_production(settings)
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once, on first use)."""
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget cached settings (tests and SIGHUP reloads)."""
+    get_settings.cache_clear()
