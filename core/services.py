@@ -1,0 +1,48 @@
+"""The services one process needs, built once and handed to every entry point.
+
+The web app builds them in its lifespan; CLI commands build them for one command. Nothing
+here is global state: tests build their own `Services` with their own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.audit import Auditor
+from core.config import Settings
+from core.db import upgrade_database
+from core.engine import Engine, create_engine
+from core.group_mapping import GroupMapping
+from core.knowledge import KnowledgeService
+from core.limits import Limits
+from core.plugins import load_tenants
+from core.tenancy import TenantRegistry
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use, for one deployment."""
+
+    settings: Settings
+    tenants: TenantRegistry
+    knowledge: KnowledgeService
+    auditor: Auditor
+    limits: Limits
+    groups: GroupMapping
+    engine: Engine | None = None
+
+
+def build_services(settings: Settings, *, with_engine: bool = False) -> Services:
+    """Prepare the database schema and build every service (the engine is not started)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    tenants = load_tenants(settings)
+    return Services(
+        settings=settings,
+        tenants=tenants,
+        knowledge=KnowledgeService(settings, tenants),
+        auditor=Auditor(settings),
+        limits=Limits(settings),
+        groups=GroupMapping(settings),
+        engine=create_engine(settings) if with_engine else None,
+    )
