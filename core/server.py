@@ -1,0 +1,127 @@
+"""The web application: FastAPI with sign-in, the OpenAI-compatible API and the Gradio UI.
+
+`create_app(settings)` wires the parts; the lifespan starts the audit writer, ingests the demo
+documents once and starts the shared engine in the background, so `/healthz` answers at
+once and `/readyz` turns ready when the engine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from core.config import Settings
+from core.errors import TenantLLMError
+from core.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+class EngineState:
+    """Where the background engine start stands: starting, ready, or failed (and why)."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+async def _start_engine(services: Services, state: EngineState) -> None:
+    assert services.engine is not None
+    try:
+        # Demo documents first: embedding them is quick and the engine start is not.
+        await asyncio.to_thread(services.knowledge.ensure_demo_documents)
+        await services.engine.start()
+        log.info("engine ready: %s", services.settings.model)
+    except Exception as exc:  # the app keeps serving; /readyz says why it is not ready
+        state.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.exception("engine failed to start")
+
+
+def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.auditor.start()
+        state.task = asyncio.create_task(_start_engine(services, state))
+        try:
+            yield
+        finally:
+            if state.task and not state.task.done():
+                state.task.cancel()
+            if services.engine is not None:
+                await services.engine.stop()
+            await services.auditor.stop()
+
+    return lifespan
+
+
+def _add_health_routes(app: FastAPI, services: Services, state: EngineState) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        """The engine is ready to generate (load balancers route traffic on this)."""
+        engine = services.engine
+        if engine is not None and engine.ready:
+            return JSONResponse({"status": "ready", "model": services.settings.model})
+        status = "failed" if state.error else "starting"
+        return JSONResponse({"status": status, "error": state.error}, status_code=503)
+
+
+def _add_error_handler(app: FastAPI) -> None:
+    @app.exception_handler(TenantLLMError)
+    async def user_error(request: Request, exc: TenantLLMError) -> Response:
+        return JSONResponse(
+            {"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}},
+            status_code=exc.status,
+        )
+
+
+def _add_login_redirect(app: FastAPI) -> None:
+    from core.auth import principal_from_request, wants_html
+
+    open_paths = ("/login", "/auth/", "/logout", "/healthz", "/readyz", "/v1/", "/docs",
+                  "/openapi.json", "/assets/")
+
+    @app.middleware("http")
+    async def redirect_signed_out_browsers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        # Gradio answers 401 JSON to signed-out users; a person should see the sign-in page.
+        path = request.url.path
+        if (
+            request.method == "GET"
+            and not path.startswith(open_paths)
+            and wants_html(request)
+            and principal_from_request(request) is None
+        ):
+            return RedirectResponse("/login", status_code=302)
+        return await call_next(request)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the whole web application for `settings`."""
+    from core.api import router as api_router
+    from core.auth import install_auth
+    from core.ui import mount_ui
+
+    services = services or build_services(settings, with_engine=True)
+    state = EngineState()
+    app = FastAPI(
+        title="tenantllm",
+        description="OpenAI-compatible API of tenantllm: one model per tenant (team).",
+        lifespan=_lifespan(services, state),
+    )
+    app.state.services = services
+    app.state.engine_state = state
+    _add_error_handler(app)
+    _add_health_routes(app, services, state)
+    app.include_router(api_router)
+    _add_login_redirect(app)
+    install_auth(app, services)
+    return mount_ui(app, services)
