@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         "",
         description="External base URL (for OIDC redirects behind a proxy); default http://host:port.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost", "testserver"],
         description="Host headers accepted (TrustedHostMiddleware). JSON list.",
@@ -74,7 +76,9 @@ class Settings(BaseSettings):
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache size in GiB (CPU engine).")
     max_num_seqs: int = Field(64, ge=1, description="Requests batched together by the engine.")
     enforce_eager: bool = Field(True, description="Skip graph compilation (fast start on CPU).")
-    enable_lora: bool = Field(False, description="Start the engine with LoRA (per-tenant adapters).")
+    enable_lora: bool = Field(
+        False, description="Start the engine with LoRA (per-tenant adapters)."
+    )
     max_prompt_tokens: int = Field(1536, ge=16, description="Longest prompt accepted, in tokens.")
     max_output_tokens: int = Field(512, ge=1, description="Largest `max_tokens` accepted.")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when none is given.")

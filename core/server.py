@@ -87,8 +87,17 @@ def _add_error_handler(app: FastAPI) -> None:
 def _add_login_redirect(app: FastAPI) -> None:
     from core.auth import principal_from_request, wants_html
 
-    open_paths = ("/login", "/auth/", "/logout", "/healthz", "/readyz", "/v1/", "/docs",
-                  "/openapi.json", "/assets/")
+    open_paths = (
+        "/login",
+        "/auth/",
+        "/logout",
+        "/healthz",
+        "/readyz",
+        "/v1/",
+        "/docs",
+        "/openapi.json",
+        "/assets/",
+    )
 
     @app.middleware("http")
     async def redirect_signed_out_browsers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -40,8 +40,13 @@ def serve_app(settings: Settings) -> None:
         click.echo(f"tenantllm is starting: open {effective.base_url} in your browser.")
         click.echo(f"Readiness: {effective.base_url}/readyz (the engine needs ~30 s on 2 cores)")
         # One worker: the engine lives in this process (several workers = several engines).
-        uvicorn.run(app, host=effective.host, port=effective.port,
-                    log_level=effective.log_level.lower(), timeout_graceful_shutdown=10)
+        uvicorn.run(
+            app,
+            host=effective.host,
+            port=effective.port,
+            log_level=effective.log_level.lower(),
+            timeout_graceful_shutdown=10,
+        )
 
 
 @main.command()
