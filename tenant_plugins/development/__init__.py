@@ -1,0 +1,32 @@
+"""Built-in tenant: the development team (services, runbooks, coding conventions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from core.hookspecs import hookimpl
+from core.tenancy import PromptTemplate, Tenant
+
+SYSTEM = (
+    "You are the {tenant_name} team's engineering assistant. Answer precisely and "
+    "technically. Prefer exact commands, file names and settings from the documents; "
+    "use code blocks for commands."
+)
+
+SOURCE = "--- {filename}, {location} ---\n{snippet}"
+
+USER = "Engineering notes:\n{context}\n\nQuestion: {question}"
+
+
+@hookimpl
+def tenantllm_register_tenants(register: Callable[[Tenant], None]) -> None:
+    """Register the `development` tenant (fewer, longer answers: top_k 3)."""
+    register(
+        Tenant(
+            id="development",
+            display_name="Development",
+            description="Services, runbooks, deployment and coding conventions.",
+            prompt=PromptTemplate(system=SYSTEM, user=USER, source=SOURCE),
+            top_k=3,
+        )
+    )

@@ -1,0 +1,33 @@
+"""Built-in tenant: the sales team (pricing, offers, customer questions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from core.hookspecs import hookimpl
+from core.tenancy import PromptTemplate, Tenant
+
+SYSTEM = (
+    "You are the assistant of the {tenant_name} team. Be friendly, brief and concrete: "
+    "quote prices, discounts and terms exactly as the documents state them, and never promise "
+    "anything the documents do not support."
+)
+
+USER = (
+    "Sales documents:\n{context}\n\n"
+    "Customer-facing question: {question}\n"
+    "Answer in two or three sentences and name the document you used."
+)
+
+
+@hookimpl
+def tenantllm_register_tenants(register: Callable[[Tenant], None]) -> None:
+    """Register the `sales` tenant (default retriever and store)."""
+    register(
+        Tenant(
+            id="sales",
+            display_name="Sales",
+            description="Pricing, discounts, offers and customer questions.",
+            prompt=PromptTemplate(system=SYSTEM, user=USER),
+        )
+    )
