@@ -1,0 +1,129 @@
+"""Errors of the OpenAI-compatible API, in the OpenAI shape, with the right status and headers.
+
+`OpenAIRoute` is the router's route class: it turns request validation errors (a 400 that
+names the parameter) and `TenantLLMError`s into `{"error": {"message", "type", "code",
+"param"}}` answers, adds `Retry-After` / `x-ratelimit-*` to 429s, and answers anything
+unexpected with a generic 500 (logged with its traceback) so the app keeps serving. Doing it in
+the route class keeps the API's error shape independent of the app's global handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from core.audit import AuditEvent
+from core.errors import InvalidRequest, NotAuthenticated, RateLimited, TenantLLMError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(err: TenantLLMError, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error body for a user-facing error."""
+    return {
+        "error": {"message": err.message, "type": err.error_type, "code": err.code, "param": param}
+    }
+
+
+def error_response(err: TenantLLMError, param: str | None = None) -> JSONResponse:
+    """A JSON error answer with the error's status and the headers clients rely on."""
+    headers: dict[str, str] = {}
+    if isinstance(err, RateLimited):
+        headers = {
+            "Retry-After": str(err.retry_after),
+            "x-ratelimit-limit-requests": err.limit or "unknown",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": f"{err.retry_after}s",
+        }
+    elif isinstance(err, NotAuthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error_body(err, param), status_code=err.status, headers=headers)
+
+
+def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable sentence for the first problem, and the parameter it is about."""
+    errors = list(exc.errors())
+    if not errors:
+        return "The request is invalid.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Unions add the branch name ("str", "list[...]") to the location: not a parameter.
+    param = ".".join(p for p in loc if not p.startswith(("str", "list[", "function-")))
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+        return f"Unsupported parameter: '{param}' is not supported by tenantllm.", param
+    if kind in ("json_invalid", "model_attributes_type") or not param:
+        return "The request body must be a JSON object (see /docs).", None
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"Invalid value for '{param}': {message}", param
+
+
+def audit_refusal(request: Request, err: TenantLLMError) -> None:
+    """Audit a call refused before a chat turn could audit it (bad credential or body)."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return
+    principal = getattr(request.state, "principal", None)
+    path = request.url.path
+    services.auditor.record(
+        AuditEvent(
+            action="api_chat" if path.endswith("/chat/completions") else "api_models",
+            outcome="denied" if isinstance(err, NotAuthenticated) else "error",
+            user_sub=principal.subject if principal is not None else None,
+            user_email=principal.email if principal is not None else None,
+            status=err.status,
+            client_ip=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+            error_class=type(err).__name__,
+            detail=err.message[:500],
+        )
+    )
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose failures are answered in the OpenAI error shape.
+
+    Failures before the chat turn (a missing/invalid credential, an invalid body) are audited
+    here; the chat turn audits its own refusals and outcomes.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Wrap FastAPI's handler so every failure becomes an OpenAI-shaped answer."""
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                message, param = describe_validation_error(exc)
+                err = InvalidRequest(message)
+                audit_refusal(request, err)
+                return error_response(err, param)
+            except NotAuthenticated as exc:
+                audit_refusal(request, exc)
+                return error_response(exc)
+            except TenantLLMError as exc:  # already audited by the chat turn
+                return error_response(exc)
+            except HTTPException:
+                raise
+            except Exception:
+                log.exception("unexpected error in %s %s", request.method, request.url.path)
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "Internal error; it has been logged.",
+                            "type": "server_error",
+                            "code": "internal_error",
+                            "param": None,
+                        }
+                    },
+                    status_code=500,
+                )
+
+        return route
