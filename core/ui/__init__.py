@@ -1,0 +1,118 @@
+"""The browser app: Gradio Blocks mounted at `/` of the FastAPI app (the only gradio importer).
+
+`mount_ui(app, services)` builds the page, turns the public API off (`api_open=False`), lets
+chat events run concurrently (the engine batches them; per-tenant caps live in core.limits),
+and authenticates every Gradio route with the signed session cookie (`auth_dependency`). Tabs
+for auditors and admins are hidden per session; their handlers authorize again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI, Request
+
+from core.services import Services
+from core.ui.admin_tab import build_admin_tab
+from core.ui.audit_tab import build_audit_tab
+from core.ui.chat_tab import build_chat_tab
+from core.ui.documents_tab import build_documents_tab
+from core.ui.header import ASSETS, brand_html, identity_html
+from core.ui.session import may, principal_of, shown_as_error, team_choices
+
+log = logging.getLogger(__name__)
+
+# Uploads and exports leave Gradio's cache quickly: checked every 5 min, kept at most 10 min.
+DELETE_CACHE = (300, 600)
+HEAD = '<meta name="viewport" content="width=device-width, initial-scale=1">'
+
+
+def theme() -> gr.themes.Base:
+    """The project's colours (see assets/theme.css for the rest)."""
+    return gr.themes.Soft(
+        primary_hue=gr.themes.colors.indigo,
+        secondary_hue=gr.themes.colors.teal,
+        neutral_hue=gr.themes.colors.slate,
+        radius_size=gr.themes.sizes.radius_md,
+        # System fonts only: no request to a font CDN (the app runs offline).
+        font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+    )
+
+
+def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
+    """Per session: who is signed in, their teams, and which tabs they may see."""
+    with shown_as_error():
+        principal = principal_of(request)
+        choices = team_choices(services, principal)
+        first = choices[0][1] if choices else None
+        return (
+            identity_html(services, principal),
+            gr.update(choices=choices, value=first, interactive=bool(choices)),
+            gr.Tab(visible=may(principal, None, "read_audit")),
+            gr.Tab(visible=may(principal, None, "view_admin")),
+        )
+
+
+def build_blocks(services: Services) -> gr.Blocks:
+    """The whole page; every handler re-reads the user from the request."""
+    with gr.Blocks(title="tenantllm", delete_cache=DELETE_CACHE) as blocks:
+        with gr.Row(elem_classes="tl-header", equal_height=True):
+            gr.HTML(brand_html(), elem_classes="tl-brand-box")
+            team = gr.Dropdown(
+                label="Team", choices=[], elem_id="team-select", scale=0, min_width=200
+            )
+            identity = gr.HTML(elem_id="tl-identity-box")
+        with gr.Tabs(elem_id="tl-tabs"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                build_chat_tab(services, team)
+            with gr.Tab("Documents", id="documents", elem_id="tab-documents"):
+                build_documents_tab(services, team)
+            with gr.Tab("Audit", id="audit", visible=False, elem_id="tab-audit") as audit_tab:
+                audit_fill, audit_inputs, audit_outputs = build_audit_tab(services)
+            with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as admin_tab:
+                admin_fill, admin_outputs = build_admin_tab(services)
+
+        def load(request: gr.Request):
+            return on_load(services, request)
+
+        private: dict[str, Any] = {"api_visibility": "private"}
+        blocks.load(load, None, [identity, team, audit_tab, admin_tab], **private)
+        audit_tab.select(audit_fill, audit_inputs, audit_outputs, **private)
+        admin_tab.select(admin_fill, None, admin_outputs, **private)
+    return blocks
+
+
+def _session_user(services: Services):
+    from core.auth import principal_from_request
+
+    def current_user(request: Request) -> str | None:
+        # Sync and cheap: runs on every Gradio route (STACK_NOTES 1.2); None means 401.
+        principal = principal_from_request(request)
+        return principal.subject if principal is not None else None
+
+    return current_user
+
+
+def mount_ui(app: FastAPI, services: Services) -> FastAPI:
+    """Mount the browser app at `/` of `app` and return the app."""
+    settings = services.settings
+    blocks = build_blocks(services)
+    blocks.queue(api_open=False, default_concurrency_limit=max(16, settings.max_num_seqs))
+    return gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth_dependency=_session_user(services),
+        max_file_size=f"{settings.max_upload_mb}mb",
+        footer_links=[],
+        allowed_paths=[str(ASSETS / "logo.svg")],
+        show_error=False,
+        ssr_mode=False,
+        favicon_path=str(ASSETS / "logo.svg"),
+        theme=theme(),
+        css_paths=[str(ASSETS / "theme.css")],
+        head=HEAD,
+    )

@@ -1,0 +1,157 @@
+"""The Admin tab (admins): tenants and plugins, the group mapping, API keys, engine status.
+
+Hidden for everyone else (visibility set per session at page load); every handler authorizes
+again (`view_admin`, `manage_keys`). A new key's secret is shown once, in this session's
+textbox only, and never stored in plain text (core/apikeys.py keeps a hash).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from core import apikeys
+from core.errors import InvalidRequest
+from core.services import Services
+from core.ui.session import check, principal_of, record_ok, shown_as_error
+
+KEY_COLUMNS = ["id", "team", "scope", "created by", "created", "expires", "revoked"]
+
+
+def tenants_frame(services: Services) -> pd.DataFrame:
+    """Every tenant with the plugin that registered it and its engine options."""
+    rows = [
+        [t.id, t.display_name, t.plugin, t.priority, t.top_k or "", t.description]
+        for t in services.tenants.all()
+    ]
+    return pd.DataFrame(rows, columns=["id", "name", "plugin", "priority", "top k", "description"])
+
+
+def mapping_frame(services: Services) -> pd.DataFrame:
+    """The IdP group -> tenant role mapping in effect."""
+    rows = [[r.group, r.tenant or "(global)", r.role] for r in services.groups.rules()]
+    return pd.DataFrame(rows, columns=["IdP group", "team", "role"])
+
+
+async def engine_markdown(services: Services) -> str:
+    """Model, backend and load of the shared engine."""
+    if services.engine is None:
+        return "Engine: not running in this process."
+    status = await services.engine.status()
+    state = "ready" if status.ready else "starting"
+    return (
+        f"**Engine** `{status.backend}` · model `{status.model}` · {state} · "
+        f"{status.running} running, {status.waiting} waiting"
+    )
+
+
+def keys_frame(services: Services) -> pd.DataFrame:
+    """All API keys (never their secrets)."""
+    rows = [
+        [
+            k.id,
+            k.tenant_id,
+            k.scope,
+            k.created_by,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never",
+            "yes" if k.revoked_at else "",
+        ]
+        for k in apikeys.list_keys(services.settings)
+    ]
+    return pd.DataFrame(rows, columns=KEY_COLUMNS)
+
+
+async def overview(services: Services, request: gr.Request) -> tuple[Any, ...]:
+    """Tenants, mapping, keys and engine status (admins only)."""
+    with shown_as_error():
+        principal = principal_of(request)
+        check(services, principal, None, "view_admin", request)
+        return (
+            tenants_frame(services),
+            mapping_frame(services),
+            keys_frame(services),
+            await engine_markdown(services),
+        )
+
+
+def create_key(
+    services: Services, team: str | None, scope: str, days: float | None, request: gr.Request
+) -> tuple[Any, ...]:
+    """Create a key for one team; its secret is returned once."""
+    with shown_as_error():
+        principal = principal_of(request)
+        check(services, principal, team, "manage_keys", request)
+        if not team:
+            raise InvalidRequest("Choose the key's team.")
+        services.tenants.get(team)
+        expires = int(days) if days else None
+        created = apikeys.create_key(
+            services.settings,
+            tenant_id=team,
+            scope=scope,
+            expires_in_days=expires,
+            created_by=principal.subject,
+        )
+        record_ok(services, principal, "ui_create_key", team, request, created.key.id)
+        gr.Info("Key created. Copy it now: it is not shown again.")
+        return created.secret, keys_frame(services)
+
+
+def revoke_key(services: Services, key_id: str, request: gr.Request) -> pd.DataFrame:
+    """Revoke a key by id."""
+    with shown_as_error():
+        principal = principal_of(request)
+        check(services, principal, None, "manage_keys", request)
+        if not key_id.strip():
+            raise InvalidRequest("Type the id of the key to revoke.")
+        apikeys.revoke_key(services.settings, key_id.strip())
+        record_ok(services, principal, "ui_revoke_key", None, request, key_id.strip())
+        gr.Info("Key revoked.")
+        return keys_frame(services)
+
+
+def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
+    """Lay out the Admin tab and wire it; returns (fill function, its outputs)."""
+    engine = gr.Markdown(elem_id="admin-engine")
+    refresh_btn = gr.Button("Refresh", size="sm")
+    tenants = gr.Dataframe(label="Teams (tenants) and their plugins", interactive=False, wrap=True)
+    mapping = gr.Dataframe(label="Group mapping in effect", interactive=False)
+    gr.Markdown("### API keys")
+    with gr.Row():
+        team = gr.Dropdown(
+            [(t.display_name, t.id) for t in services.tenants.all()], label="Team", scale=2
+        )
+        scope = gr.Dropdown(
+            [("chat (member)", "member"), ("chat + documents (editor)", "editor")],
+            value="member",
+            label="Scope",
+            scale=1,
+        )
+        days = gr.Number(value=90, label="Expires in (days, empty: never)", precision=0, scale=1)
+        create_btn = gr.Button("Create key", variant="primary", scale=1)
+    secret = gr.Textbox(
+        label="New key (shown once)", interactive=False, buttons=["copy"], elem_id="admin-secret"
+    )
+    keys = gr.Dataframe(headers=KEY_COLUMNS, label="Keys", interactive=False)
+    with gr.Row():
+        revoke_id = gr.Textbox(label="Key id to revoke", scale=3)
+        revoke_btn = gr.Button("Revoke", variant="stop", scale=1)
+
+    async def fill(request: gr.Request):
+        return await overview(services, request)
+
+    def create(t: str | None, s: str, d: float | None, request: gr.Request):
+        return create_key(services, t, s, d, request)
+
+    def revoke(key_id: str, request: gr.Request):
+        return revoke_key(services, key_id, request)
+
+    private: dict[str, Any] = {"api_visibility": "private"}
+    outputs = [tenants, mapping, keys, engine]
+    refresh_btn.click(fill, None, outputs, **private)
+    create_btn.click(create, [team, scope, days], [secret, keys], **private)
+    revoke_btn.click(revoke, [revoke_id], [keys], **private)
+    return fill, outputs

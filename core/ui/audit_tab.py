@@ -1,0 +1,230 @@
+"""The Audit tab (auditors and admins): filters, table, charts, chain status, CSV, injections.
+
+The tab is hidden for everyone else (its visibility is set per session when the page loads)
+and every handler authorizes `read_audit` again and audits the viewing (`audit_view`): the
+events are callable over HTTP by any signed-in session, so hiding is not the protection.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from core.audit_query import AuditFilters, AuditRecord, Bucket
+from core.errors import InvalidRequest
+from core.services import Services
+from core.ui.session import check, principal_of, record_ok, shown_as_error
+
+PAGE_SIZE = 50
+RANGES = {
+    "Last hour": timedelta(hours=1),
+    "Last 24 hours": timedelta(days=1),
+    "Last 7 days": timedelta(days=7),
+    "Last 30 days": timedelta(days=30),
+    "All time": None,
+}
+_LABELS = {"minute": "%H:%M", "hour": "%d %b %H:00", "day": "%d %b"}
+OUTCOMES = ["any", "ok", "denied", "error", "rate_limited", "cancelled"]
+TABLE_COLUMNS = [
+    "time", "user", "team", "action", "outcome", "status", "tokens in", "tokens out", "flags"
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FilterInput:
+    """The filter widgets' values as the page sent them (validated before use)."""
+
+    time_range: str
+    team: str
+    user: str
+    action: str
+    outcome: str
+
+
+def to_filters(f: FilterInput, *, flagged_only: bool = False) -> AuditFilters:
+    """Validated filters: unknown choices are refused instead of silently widened."""
+    if f.time_range not in RANGES:
+        raise InvalidRequest("Unknown time range.")
+    if f.outcome not in OUTCOMES:
+        raise InvalidRequest("Unknown outcome.")
+    span = RANGES[f.time_range]
+    return AuditFilters(
+        since=datetime.now(UTC) - span if span else None,
+        tenant_id=None if f.team in ("", "all") else f.team,
+        user=(f.user or "").strip() or None,
+        action=(f.action or "").strip() or None,
+        outcome=None if f.outcome == "any" else f.outcome,
+        flagged_only=flagged_only,
+    )
+
+
+def table_view(rows: list[AuditRecord]) -> pd.DataFrame:
+    """The columns a person reads, newest first."""
+    return pd.DataFrame(
+        [
+            [
+                r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                r.user_email or r.user_sub or "",
+                r.tenant_id or "—",
+                r.action,
+                r.outcome,
+                r.status,
+                r.tokens_in,
+                r.tokens_out,
+                ", ".join(r.flags),
+            ]
+            for r in rows
+        ],
+        columns=TABLE_COLUMNS,
+    )
+
+
+def _bucket(f: FilterInput) -> Bucket:
+    span = RANGES[f.time_range]
+    if span is not None and span <= timedelta(hours=1):
+        return "minute"
+    return "hour" if span is not None and span <= timedelta(days=2) else "day"
+
+
+def charts(
+    services: Services, filters: AuditFilters, bucket: Bucket
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Requests per team over time, refusals per team, tokens per team."""
+    auditor = services.auditor
+    over_time = pd.DataFrame(
+        [
+            [c.bucket.strftime(_LABELS[bucket]), c.tenant_id or "(none)", c.count]
+            for c in auditor.requests_per_tenant_over_time(filters, bucket)
+        ],
+        columns=["time", "team", "requests"],
+    )
+    refusals = pd.DataFrame(
+        [
+            [c.tenant_id or "(none)", c.outcome, c.count]
+            for c in auditor.denied_and_rate_limited(filters)
+        ],
+        columns=["team", "outcome", "events"],
+    )
+    tokens = pd.DataFrame(
+        [
+            [t.tenant_id or "(none)", t.tokens_in + t.tokens_out]
+            for t in auditor.tokens_per_tenant(filters)
+        ],
+        columns=["team", "tokens"],
+    )
+    return over_time, refusals, tokens
+
+
+def chain_status(services: Services) -> str:
+    """The hash chain's verification, as one line."""
+    report = services.auditor.verify()
+    if report.ok:
+        return (
+            '<span class="tl-badge tl-badge-ok">Audit chain intact</span> '
+            f"{report.checked} events verified."
+        )
+    return (
+        '<span class="tl-badge tl-badge-bad">Audit chain broken</span> '
+        f"at event #{report.first_bad_seq}: {html.escape(report.message)}"
+    )
+
+
+def load(services: Services, f: FilterInput, page: int, request: gr.Request) -> tuple[Any, ...]:
+    """Everything the tab shows for these filters and page; the viewing is audited."""
+    with shown_as_error():
+        principal = principal_of(request)
+        check(services, principal, None, "read_audit", request)
+        filters = to_filters(f)
+        total = services.auditor.query(filters, page=1, page_size=1).total
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(max(1, page), pages)
+        result = services.auditor.query(filters, page=page, page_size=PAGE_SIZE)
+        flagged = services.auditor.query(
+            to_filters(f, flagged_only=True), page=1, page_size=PAGE_SIZE
+        )
+        over_time, refusals, tokens = charts(services, filters, _bucket(f))
+        record_ok(services, principal, "audit_view", None, request, f"page {page}")
+        return (
+            table_view(result.rows),
+            f"Page {page} of {pages} · {total} events",
+            page,
+            over_time,
+            refusals,
+            tokens,
+            chain_status(services),
+            table_view(flagged.rows),
+        )
+
+
+def export(services: Services, f: FilterInput, request: gr.Request) -> Any:
+    """The current filter's events as a CSV file (audited as `audit_export`)."""
+    with shown_as_error():
+        principal = principal_of(request)
+        check(services, principal, None, "read_audit", request)
+        csv_text = services.auditor.export_csv(to_filters(f))
+        out = Path(tempfile.mkdtemp(prefix="tl-audit-")) / "audit-export.csv"
+        out.write_text(csv_text, encoding="utf-8")
+        record_ok(services, principal, "audit_export", None, request)
+        return gr.update(value=str(out), visible=True)
+
+
+def build_audit_tab(services: Services) -> Any:
+    """Lay out the Audit tab's contents and wire them; returns the event that fills it."""
+    team_choices = [("All teams", "all")] + [(t.display_name, t.id) for t in services.tenants.all()]
+    with gr.Row():
+        time_range = gr.Dropdown(list(RANGES), value="Last 24 hours", label="Time range")
+        team = gr.Dropdown(team_choices, value="all", label="Team", elem_id="audit-team")
+        user = gr.Textbox(label="User (subject or email)", max_length=200)
+        action = gr.Textbox(label="Action", max_length=64, placeholder="chat, upload, …")
+        outcome = gr.Dropdown(OUTCOMES, value="any", label="Outcome")
+    with gr.Row():
+        apply_btn = gr.Button("Apply filters", variant="primary", elem_id="audit-apply")
+        export_btn = gr.Button("Export CSV", elem_id="audit-export")
+    export_file = gr.File(label="CSV export", interactive=False, visible=False)
+    chain = gr.HTML(elem_id="audit-chain")
+    with gr.Row():
+        over_time = gr.BarPlot(
+            x="time", y="requests", color="team", title="Requests per team over time", sort="x"
+        )
+        refusals = gr.BarPlot(
+            x="team", y="events", color="outcome", title="Denied and rate-limited"
+        )
+        tokens = gr.BarPlot(x="team", y="tokens", title="Tokens per team")
+    table = gr.Dataframe(
+        headers=TABLE_COLUMNS, label="Events", interactive=False, elem_id="audit-table"
+    )
+    with gr.Row():
+        prev_btn = gr.Button("← Previous", size="sm")
+        page_label = gr.Markdown()
+        next_btn = gr.Button("Next →", size="sm")
+    flagged = gr.Dataframe(
+        headers=TABLE_COLUMNS, label="Flagged prompt injections", interactive=False
+    )
+    page = gr.State(1)
+    widgets = [time_range, team, user, action, outcome]
+    outputs = [table, page_label, page, over_time, refusals, tokens, chain, flagged]
+
+    def show(tr: str, tm: str, us: str, ac: str, oc: str, pg: int, request: gr.Request):
+        return load(services, FilterInput(tr, tm, us, ac, oc), int(pg or 1), request)
+
+    def csv(tr: str, tm: str, us: str, ac: str, oc: str, request: gr.Request):
+        return export(services, FilterInput(tr, tm, us, ac, oc), request)
+
+    private: dict[str, Any] = {"api_visibility": "private"}
+    first = gr.State(1)
+    apply_btn.click(show, [*widgets, first], outputs, api_name="audit_query", **private)
+    prev_btn.click(lambda p: max(1, int(p) - 1), [page], [page], queue=False, **private).then(
+        show, [*widgets, page], outputs, **private
+    )
+    next_btn.click(lambda p: int(p) + 1, [page], [page], queue=False, **private).then(
+        show, [*widgets, page], outputs, **private
+    )
+    export_btn.click(csv, widgets, [export_file], api_name="audit_export", **private)
+    return show, [*widgets, first], outputs

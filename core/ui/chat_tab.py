@@ -1,0 +1,313 @@
+"""The Chat tab: streamed answers with their sources, a Stop button, saved conversations.
+
+History comes from the database (core/conversations.py), never from the page: the Chatbot's
+value is output only. The conversation id and the team the page sends are re-checked against
+the signed-in user on every call: a conversation id of another user or team is `NotFound`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gradio as gr
+
+from core import conversations as conv
+from core.chat import ChatRequest, start_chat_turn
+from core.errors import InvalidRequest, TenantLLMError
+from core.services import Services
+from core.ui.render import plain_inline, safe_markdown
+from core.ui.session import check, client_of, principal_of, shown_as_error, user_message
+
+log = logging.getLogger(__name__)
+
+STOPPED_NOTE = "\n\n*(stopped)*"
+
+
+def sources_markdown(sources: list[dict[str, Any]]) -> str:
+    """The sources under an answer: document name, page/section, a snippet (all inert)."""
+    if not sources:
+        return "No document of this team matched; the answer is from the model alone."
+    lines = []
+    for i, src in enumerate(sources, 1):
+        where = f" — {plain_inline(src.get('location', ''), 80)}" if src.get("location") else ""
+        lines.append(f"{i}. **{plain_inline(src.get('filename', '?'), 120)}**{where}")
+        snippet = plain_inline(src.get("snippet", ""), 280)
+        if snippet:
+            lines.append(f"    > {snippet}")
+    return "\n".join(lines)
+
+
+def to_chat_messages(messages: list[conv.StoredMessage]) -> list[dict[str, Any]]:
+    """Stored messages as Chatbot messages: safe markdown, sources as a collapsible block."""
+    shown: list[dict[str, Any]] = []
+    for message in messages:
+        shown.append({"role": message.role, "content": safe_markdown(message.content)})
+        if message.role == "assistant":
+            shown.append(_sources_message(message.sources))
+    return shown
+
+
+def _sources_message(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    title = f"Sources ({len(sources)})" if sources else "Sources (none)"
+    return {
+        "role": "assistant",
+        "content": sources_markdown(sources),
+        "metadata": {"title": title, "status": "done"},
+    }
+
+
+def _choices(services: Services, owner: str, tenant_id: str) -> list[tuple[str, str]]:
+    items = conv.list_conversations(services.settings.resolved_database_url, owner, tenant_id)
+    return [(c.title, c.id) for c in items]
+
+
+def _history(messages: list[conv.StoredMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+async def send_message(
+    services: Services,
+    message: str,
+    team: str | None,
+    conversation_id: str | None,
+    request: gr.Request,
+) -> AsyncIterator[tuple[Any, ...]]:
+    """Stream one answer; save the question and the (possibly stopped) answer afterwards.
+
+    Yields (chatbot, conversation id, conversation list, textbox).
+    """
+    db = services.settings.resolved_database_url
+    with shown_as_error():
+        principal = principal_of(request)
+        question = (message or "").strip()
+        if not question:
+            raise InvalidRequest("Type a question first.")
+        if not team:
+            raise InvalidRequest("Choose a team first.")
+        check(services, principal, team, "chat", request)
+        stored = (
+            conv.get_conversation(db, principal.subject, team, conversation_id).messages
+            if conversation_id
+            else []
+        )
+    shown = [*to_chat_messages(stored), {"role": "user", "content": safe_markdown(question)}]
+    yield [*shown, {"role": "assistant", "content": "…"}], conversation_id, gr.update(), ""
+    ip, agent = client_of(request)
+    chat_request = ChatRequest(
+        tenant_id=team,
+        question=question,
+        history=_history(stored),
+        channel="ui",
+        client_ip=ip,
+        user_agent=agent,
+    )
+    try:
+        turn = await start_chat_turn(services, principal, chat_request)
+    except Exception as exc:
+        if not isinstance(exc, TenantLLMError):
+            log.exception("starting a chat turn failed")
+        # Nothing was said: restore the chat and give the question back to edit or resend.
+        yield to_chat_messages(stored), conversation_id, gr.update(), message
+        raise gr.Error(user_message(exc), print_exception=False) from None
+    if not conversation_id:
+        conversation_id = conv.create_conversation(db, principal.subject, team, question[:60])
+    sources = [asdict(s) for s in turn.sources]
+    sources_msg = _sources_message(sources)
+    choices = gr.update(choices=_choices(services, principal.subject, team), value=conversation_id)
+    answer = ""
+    finished = False
+    try:
+        async for chunk in turn.stream():
+            answer = chunk.text
+            # Sources are known before the first token: shown under the answer from the start,
+            # so they stay visible when the person stops the answer.
+            answer_msg = {"role": "assistant", "content": safe_markdown(answer)}
+            yield [*shown, answer_msg, sources_msg], conversation_id, choices, ""
+        finished = True
+    except TenantLLMError as exc:
+        raise gr.Error(user_message(exc), print_exception=False) from None
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:
+        log.exception("chat stream failed")
+        raise gr.Error(user_message(exc), print_exception=False) from exc
+    finally:
+        saved = answer + ("" if finished else STOPPED_NOTE)
+        conv.append_messages(
+            db,
+            principal.subject,
+            team,
+            conversation_id,
+            [conv.StoredMessage("user", question), conv.StoredMessage("assistant", saved, sources)],
+        )
+    final = [*shown, {"role": "assistant", "content": safe_markdown(answer)}]
+    yield [*final, sources_msg], conversation_id, choices, ""
+
+
+def open_conversation(
+    services: Services, conversation_id: str | None, team: str | None, request: gr.Request
+):
+    """Show a saved conversation of this user in this team."""
+    with shown_as_error():
+        principal = principal_of(request)
+        if not conversation_id or not team:
+            return [], None, ""
+        check(services, principal, team, "chat", request)
+        found = conv.get_conversation(
+            services.settings.resolved_database_url, principal.subject, team, conversation_id
+        )
+        return to_chat_messages(found.messages), found.id, found.title
+
+
+def list_for_team(services: Services, team: str | None, request: gr.Request):
+    """The conversation list of the chosen team (and an empty chat): used on team switch."""
+    with shown_as_error():
+        principal = principal_of(request)
+        if not team:
+            return gr.update(choices=[], value=None), [], None, ""
+        check(services, principal, team, "chat", request)
+        choices = _choices(services, principal.subject, team)
+        return gr.update(choices=choices, value=None), [], None, ""
+
+
+def rename_current(
+    services: Services,
+    conversation_id: str | None,
+    team: str | None,
+    title: str,
+    request: gr.Request,
+):
+    """Rename the open conversation."""
+    with shown_as_error():
+        principal = principal_of(request)
+        if not conversation_id or not team:
+            raise InvalidRequest("Open a conversation first.")
+        check(services, principal, team, "chat", request)
+        db = services.settings.resolved_database_url
+        conv.rename_conversation(db, principal.subject, team, conversation_id, title)
+        choices = _choices(services, principal.subject, team)
+        return gr.update(choices=choices, value=conversation_id)
+
+
+def delete_current(
+    services: Services, conversation_id: str | None, team: str | None, request: gr.Request
+):
+    """Delete the open conversation; the chat is emptied."""
+    with shown_as_error():
+        principal = principal_of(request)
+        if not conversation_id or not team:
+            raise InvalidRequest("Open a conversation first.")
+        check(services, principal, team, "chat", request)
+        db = services.settings.resolved_database_url
+        conv.delete_conversation(db, principal.subject, team, conversation_id)
+        choices = _choices(services, principal.subject, team)
+        gr.Info("Conversation deleted.")
+        return gr.update(choices=choices, value=None), [], None, ""
+
+
+@dataclass
+class ChatView:
+    """The Chat tab's components, for wiring."""
+
+    conversation_id: gr.State
+    conv_list: gr.Radio
+    title_box: gr.Textbox
+    chatbot: gr.Chatbot
+    textbox: gr.Textbox
+    new_btn: gr.Button
+    rename_btn: gr.Button
+    delete_btn: gr.Button
+    send_btn: gr.Button
+    stop_btn: gr.Button
+
+
+def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
+    """Lay out the Chat tab and wire its events (call inside a `gr.Tab`)."""
+    conversation_id = gr.State(None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=220, elem_classes="tl-sidebar"):
+            new_btn = gr.Button("New conversation", size="sm", elem_id="conv-new")
+            conv_list = gr.Radio(label="Your conversations", choices=[], elem_id="conv-list")
+            with gr.Accordion("Rename or delete", open=False, elem_id="conv-manage"):
+                title_box = gr.Textbox(label="Title", max_length=80, elem_id="conv-title")
+                with gr.Row():
+                    rename_btn = gr.Button("Rename", size="sm", elem_id="conv-rename")
+                    delete_btn = gr.Button(
+                        "Delete", size="sm", variant="stop", elem_id="conv-delete"
+                    )
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(
+                label="Assistant",
+                elem_id="chatbot",
+                height="60vh",
+                sanitize_html=True,
+                allow_tags=False,
+                render_markdown=True,
+                feedback_options=None,
+                buttons=["copy"],
+                placeholder="Ask a question about your team's documents.",
+            )
+            with gr.Row(elem_classes="tl-composer"):
+                textbox = gr.Textbox(
+                    show_label=False,
+                    placeholder="Ask your team's assistant…",
+                    scale=6,
+                    lines=1,
+                    max_lines=6,
+                    elem_id="chat-input",
+                )
+                send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80)
+                stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+    view = ChatView(
+        conversation_id, conv_list, title_box, chatbot, textbox,
+        new_btn, rename_btn, delete_btn, send_btn, stop_btn,
+    )  # fmt: skip
+    _wire(services, team, view)
+
+
+def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
+    # Handlers close over `services`; everything user-related is re-read from the request.
+    async def send(message: str, team_id: str | None, cid: str | None, request: gr.Request):
+        async for update in send_message(services, message, team_id, cid, request):
+            yield update
+
+    def open_(cid: str | None, team_id: str | None, request: gr.Request):
+        return open_conversation(services, cid, team_id, request)
+
+    def switch(team_id: str | None, request: gr.Request):
+        return list_for_team(services, team_id, request)
+
+    def rename(cid: str | None, team_id: str | None, title: str, request: gr.Request):
+        return rename_current(services, cid, team_id, title, request)
+
+    def delete(cid: str | None, team_id: str | None, request: gr.Request):
+        return delete_current(services, cid, team_id, request)
+
+    cleared = [v.conv_list, v.chatbot, v.conversation_id, v.title_box]
+    private: dict[str, Any] = {"api_visibility": "private"}
+    # The engine and the per-tenant caps limit generation; the UI must not serialize users.
+    chat_io = (
+        [v.textbox, team, v.conversation_id],
+        [v.chatbot, v.conversation_id, v.conv_list, v.textbox],
+    )
+    events: list[Any] = [
+        v.textbox.submit(send, *chat_io, concurrency_limit=None, api_name="chat_send", **private),
+        v.send_btn.click(
+            send, *chat_io, concurrency_limit=None, api_name="chat_send_btn", **private
+        ),
+    ]
+    # Cancelling the event cancels the generator, which closes the engine stream (abort).
+    v.stop_btn.click(None, cancels=events, **private)
+    v.conv_list.input(
+        open_, [v.conv_list, team], [v.chatbot, v.conversation_id, v.title_box], **private
+    )
+    team.change(switch, [team], cleared, **private)
+    v.new_btn.click(
+        lambda: (gr.update(value=None), [], None, ""), None, cleared, queue=False, **private
+    )
+    v.rename_btn.click(rename, [v.conversation_id, team, v.title_box], [v.conv_list], **private)
+    v.delete_btn.click(delete, [v.conversation_id, team], cleared, **private)

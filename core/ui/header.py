@@ -1,0 +1,51 @@
+"""The page header: logo, who is signed in, their teams and roles, and a sign-out link."""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+from pathlib import Path
+
+from core.identity import Principal
+from core.services import Services
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+@lru_cache(maxsize=1)
+def logo_svg() -> str:
+    """The logo, inlined (no extra request, and it shows even before the session is read)."""
+    path = ASSETS / "logo.svg"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def brand_html() -> str:
+    """Logo and product name, shown before the user is known."""
+    return (
+        f'<div class="tl-brand"><span class="tl-logo">{logo_svg()}</span>'
+        '<span class="tl-name">tenantllm</span>'
+        '<span class="tl-tagline">your team\'s assistant</span></div>'
+    )
+
+
+def identity_html(services: Services, principal: Principal) -> str:
+    """Signed-in user, teams with roles, global roles, and the sign-out link (all escaped)."""
+    name = html.escape(principal.email or principal.subject)
+    names = {t.id: t.display_name for t in services.tenants.all()}
+    teams = "".join(
+        f'<span class="tl-chip">{html.escape(names.get(tid, tid))}'
+        f"<em>{html.escape(role)}</em></span>"
+        for tid, role in sorted(principal.tenant_roles.items())
+    )
+    global_roles = "".join(
+        f'<span class="tl-chip tl-chip-global">{html.escape(r)}</span>'
+        for r in sorted(principal.global_roles)
+    )
+    chips = teams + global_roles or '<span class="tl-chip tl-chip-none">no team yet</span>'
+    return (
+        '<div class="tl-identity">'
+        f'<span class="tl-user" id="tl-user">{name}</span>'
+        f'<span class="tl-chips">{chips}</span>'
+        '<a class="tl-signout" href="/logout" id="tl-signout">Sign out</a>'
+        "</div>"
+    )
