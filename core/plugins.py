@@ -10,6 +10,7 @@ plugins explicitly. Every startup failure is a ConfigError that names the plugin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -64,7 +65,9 @@ def _load_builtins() -> None:
     for module_name in BUILTIN_PLUGINS:
         if pm.has_plugin(module_name):
             continue
-        module = _import_plugin(module_name, lambda m=module_name: importlib.import_module(m))
+        module = _import_plugin(
+            module_name, functools.partial(importlib.import_module, module_name)
+        )
         _register(module, module_name)
 
 
@@ -98,7 +101,7 @@ def load_plugins(settings: Settings) -> None:
 
 def plugin_name(plugin: object) -> str:
     """The name a plugin is registered under (its module or entry-point name)."""
-    return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+    return pm.get_name(plugin) or str(getattr(plugin, "__name__", repr(plugin)))
 
 
 def plugin_package(name: str) -> str:

@@ -1,0 +1,62 @@
+"""The document registry: one SQL row per stored document of a tenant.
+
+Vectors live in the tenant's own Chroma store and the encrypted original under the tenant's
+data dir; this table is what lists, de-duplicates (same sha256 in one tenant) and deletes
+them. Every query here takes the tenant id: there is no lookup by document id alone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from core.db import Base
+
+
+class DocumentRow(Base):
+    """A document of one tenant (created by migration 0002)."""
+
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("tenant_id", "sha256", name="uq_documents_tenant_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    uploaded_by: Mapped[str] = mapped_column(String(255))
+    uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware (stored as UTC)."""
+    return datetime.now(UTC)
+
+
+def find_by_sha(session: Session, tenant_id: str, sha256: str) -> DocumentRow | None:
+    """This tenant's document with this content, if any."""
+    stmt = select(DocumentRow).where(
+        DocumentRow.tenant_id == tenant_id, DocumentRow.sha256 == sha256
+    )
+    return session.scalars(stmt).first()
+
+
+def get_document(session: Session, tenant_id: str, document_id: str) -> DocumentRow | None:
+    """This tenant's document with this id (None if it belongs to nobody or someone else)."""
+    stmt = select(DocumentRow).where(
+        DocumentRow.tenant_id == tenant_id, DocumentRow.id == document_id
+    )
+    return session.scalars(stmt).first()
+
+
+def list_documents(session: Session, tenant_id: str) -> list[DocumentRow]:
+    """This tenant's documents, newest first."""
+    stmt = (
+        select(DocumentRow)
+        .where(DocumentRow.tenant_id == tenant_id)
+        .order_by(DocumentRow.uploaded_at.desc(), DocumentRow.id)
+    )
+    return list(session.scalars(stmt))

