@@ -151,7 +151,9 @@ def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
 
     private: dict[str, Any] = {"api_visibility": "private"}
     outputs = [tenants, mapping, keys, engine]
-    refresh_btn.click(fill, None, outputs, **private)
-    create_btn.click(create, [team, scope, days], [secret, keys], **private)
-    revoke_btn.click(revoke, [revoke_id], [keys], **private)
+    refresh_btn.click(fill, None, outputs, api_name="admin_overview", **private)
+    create_btn.click(
+        create, [team, scope, days], [secret, keys], api_name="admin_create_key", **private
+    )
+    revoke_btn.click(revoke, [revoke_id], [keys], api_name="admin_revoke_key", **private)
     return fill, outputs
