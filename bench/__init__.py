@@ -1,0 +1,1 @@
+"""Benchmark suite of tenantllm (`make bench`); see bench/run.py."""
