@@ -77,7 +77,7 @@ def payload_to_row(payload: Mapping[str, Any], seq: int, prev_hash: str) -> dict
     return row
 
 
-def row_to_payload(row: Mapping[str, Any]) -> dict[str, Any]:
+def row_to_payload(row: Mapping[Any, Any]) -> dict[str, Any]:
     """The hashed fields of a stored row (inverse of `payload_to_row`)."""
     payload = {k: v for k, v in row.items() if k not in ("seq", "prev_hash", "hash")}
     payload["created_at"] = format_time(row["created_at"])
@@ -97,7 +97,7 @@ class ChainChecker:
         self.expected_head_seen = False
         self.bad: tuple[int, str, str] | None = None  # seq, event_id, reason
 
-    def feed(self, row: Mapping[str, Any]) -> bool:
+    def feed(self, row: Mapping[Any, Any]) -> bool:
         """Check one row; False once the chain is broken."""
         seq, event_id = int(row["seq"]), str(row["event_id"])
         reason = None

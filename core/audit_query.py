@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.engine import Connection
@@ -136,7 +136,10 @@ def conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
     return where
 
 
-def _filtered(statement: Select[Any], filters: AuditFilters) -> Select[Any]:
+_S = TypeVar("_S", bound=Select[*tuple[Any, ...]])
+
+
+def _filtered(statement: _S, filters: AuditFilters) -> _S:
     where = conditions(filters)
     return statement.where(and_(*where)) if where else statement
 
@@ -239,11 +242,19 @@ def _cell(value: Any) -> str:
     return text
 
 
-def export_csv(url: str, filters: AuditFilters) -> str:
-    """Matching events as CSV with a header row, oldest first."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+def write_csv(url: str, filters: AuditFilters, stream: IO[str]) -> int:
+    """Stream matching events as CSV (header row, oldest first); returns the row count."""
+    writer = csv.writer(stream)
     writer.writerow(CSV_COLUMNS)
+    count = 0
     for record in iter_records(url, filters):
         writer.writerow([_cell(getattr(record, name)) for name in CSV_COLUMNS])
+        count += 1
+    return count
+
+
+def export_csv(url: str, filters: AuditFilters) -> str:
+    """Matching events as CSV text with a header row, oldest first."""
+    buffer = io.StringIO()
+    write_csv(url, filters, buffer)
     return buffer.getvalue()

@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import Connection
 
 from core.audit_chain import GENESIS_HASH, payload_to_row
@@ -32,7 +32,7 @@ BATCH_SIZE = 500
 MAX_RETRY_SECONDS = 5.0
 # Arbitrary constant naming "the audit chain" among advisory locks of this database.
 ADVISORY_LOCK_KEY = 7_301_955_114_022_617
-_table = AuditEventRow.__table__
+_table = cast(Table, AuditEventRow.__table__)
 
 
 def _lock_chain(conn: Connection) -> None:
