@@ -1,0 +1,193 @@
+"""The browser sign-in routes: `/login`, `/auth/callback`, `/logout`, `/auth/signed-out`.
+
+Part of core/auth.py (split for size); see its docstring for the whole picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from authlib.integrations.starlette_client import OAuth, OAuthError, StarletteOAuth2App
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from joserfc.errors import JoseError
+from slowapi.util import get_remote_address
+
+from core.audit import AuditEvent
+from core.bearer import AuthRuntime, groups_from_claims
+from core.config import Settings
+from core.sessions import create_session, load_session, revoke_session, session_id_of
+
+LOGIN_RATE_LIMIT = "60/minute"  # per client address: sign-in has no principal yet
+LOGIN_ERRORS = (OAuthError, JoseError, httpx.HTTPError, ValueError, KeyError, TypeError)
+
+
+class LoginRefused(Exception):
+    """The IdP's answer is not acceptable (no ID token, no subject)."""
+
+
+def make_oauth_client(settings: Settings) -> StarletteOAuth2App:
+    """The authlib client for the configured issuer (metadata by discovery, fetched lazily)."""
+    oauth = OAuth()
+    oauth.register(
+        name="oidc",
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
+        server_metadata_url=f"{settings.oidc_issuer.rstrip('/')}/.well-known/openid-configuration",
+        client_kwargs={"scope": "openid email profile", "code_challenge_method": "S256"},
+    )
+    client = oauth.create_client("oidc")
+    assert isinstance(client, StarletteOAuth2App)
+    return client
+
+
+def _claims_options(settings: Settings) -> dict[str, Any]:
+    # Passing options replaces authlib's default iss check, so iss is listed here too.
+    return {
+        "iss": {"essential": True, "values": [settings.oidc_issuer.rstrip("/")]},
+        "aud": {"essential": True, "values": [settings.oidc_client_id]},
+        "exp": {"essential": True},
+    }
+
+
+def _client_fields(request: Request) -> dict[str, Any]:
+    return {
+        "client_ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+    }
+
+
+def _callback_url(request: Request, settings: Settings) -> str:
+    if settings.public_url:
+        return f"{settings.public_url.rstrip('/')}/auth/callback"
+    return str(request.url_for("auth_callback"))
+
+
+async def _exchange(client: StarletteOAuth2App, request: Request, settings: Settings) -> Any:
+    token = await client.authorize_access_token(request, claims_options=_claims_options(settings))
+    userinfo = token.get("userinfo")
+    # authlib skips ID-token checks when the IdP sends none: refuse that.
+    if not userinfo or not isinstance(userinfo.get("sub"), str):
+        raise LoginRefused("the identity provider sent no valid ID token")
+    if settings.oidc_groups_claim not in userinfo:
+        userinfo = {**(await client.userinfo(token=token)), **userinfo}
+    return token, userinfo
+
+
+def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
+    """Register the sign-in routes on `app`."""
+    from core.auth import redirect, safe_next, signed_out_page
+
+    settings = runtime.services.settings
+    auditor = runtime.services.auditor
+    limiter = runtime.services.limits.limiter
+
+    @app.get("/login", include_in_schema=False)
+    @limiter.limit(LOGIN_RATE_LIMIT, key_func=get_remote_address)
+    async def login(request: Request) -> Response:
+        """Send the browser to the IdP."""
+        request.session["next"] = safe_next(request.query_params.get("next"))
+        try:
+            response: Response = await client.authorize_redirect(
+                request, _callback_url(request, settings)
+            )
+        except (httpx.HTTPError, OAuthError, ValueError, KeyError):
+            return signed_out_page("The identity provider cannot be reached right now.", 503)
+        return response
+
+    @app.get("/auth/callback", name="auth_callback", include_in_schema=False)
+    @limiter.limit(LOGIN_RATE_LIMIT, key_func=get_remote_address)
+    async def auth_callback(request: Request) -> Response:
+        """Check the IdP's answer; on success start a fresh server-side session."""
+        try:
+            token, userinfo = await _exchange(client, request, settings)
+        except (LoginRefused, *LOGIN_ERRORS) as exc:
+            auditor.record(
+                AuditEvent(
+                    action="login",
+                    outcome="denied",
+                    status=401,
+                    error_class=type(exc).__name__,
+                    detail=str(exc)[:500],
+                    **_client_fields(request),
+                )
+            )
+            return signed_out_page("Sign-in failed. Please try again.", 401)
+        old = request.session.get("sid")
+        if isinstance(old, str):  # a new sign-in ends the previous session of this browser
+            await asyncio.to_thread(revoke_session, settings, session_id_of(old))
+        next_path = safe_next(request.session.get("next"))
+        request.session.clear()  # new session id: no fixation, no leftover state
+        subject = str(userinfo["sub"])
+        email = userinfo.get("email")
+        secret = await asyncio.to_thread(
+            create_session,
+            settings,
+            subject=subject,
+            email=email,
+            name=userinfo.get("name"),
+            groups=groups_from_claims(userinfo, settings.oidc_groups_claim),
+            tokens={
+                k: token[k] for k in ("access_token", "refresh_token", "id_token") if token.get(k)
+            },
+        )
+        request.session.update({"sid": secret, "sub": subject})
+        auditor.record(
+            AuditEvent(
+                action="login",
+                outcome="ok",
+                user_sub=subject,
+                user_email=email,
+                **_client_fields(request),
+            )
+        )
+        return redirect(next_path)
+
+    @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    async def logout(request: Request) -> Response:
+        """End the session here, then at the IdP when it supports RP-initiated logout."""
+        secret = request.session.get("sid")
+        record = None
+        if isinstance(secret, str):
+            record = await asyncio.to_thread(load_session, settings, secret)
+            await asyncio.to_thread(revoke_session, settings, session_id_of(secret))
+        request.session.clear()
+        if record is None:
+            return redirect("/auth/signed-out")
+        auditor.record(
+            AuditEvent(
+                action="logout",
+                outcome="ok",
+                user_sub=record.subject,
+                user_email=record.email,
+                **_client_fields(request),
+            )
+        )
+        return await _idp_logout(client, request, settings, record.tokens.get("id_token"))
+
+    @app.get("/auth/signed-out", include_in_schema=False)
+    async def signed_out(request: Request) -> Response:
+        """Where the IdP sends people back after signing out."""
+        return signed_out_page("You are signed out.")
+
+
+async def _idp_logout(
+    client: StarletteOAuth2App, request: Request, settings: Settings, id_token: Any
+) -> Response:
+    from core.auth import redirect
+
+    back = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    try:
+        metadata = await client.load_server_metadata()
+        if not metadata.get("end_session_endpoint"):
+            return redirect("/auth/signed-out")
+        result = await client.create_logout_url(
+            post_logout_redirect_uri=f"{back}/auth/signed-out",
+            id_token_hint=id_token if isinstance(id_token, str) else None,
+            client_id=settings.oidc_client_id,
+        )
+    except (httpx.HTTPError, OAuthError, RuntimeError, ValueError):
+        return redirect("/auth/signed-out")  # signed out here; the IdP is unreachable
+    return redirect(str(result["url"]))
