@@ -1,3 +1,185 @@
-"""CLI commands (being written; see docs/CONTRACTS.md)."""
+"""`tenantllm tenants|ingest|docs|rm|reindex`: tenants and their documents, from the server.
 
-from core.cli.base import main  # noqa: F401
+The CLI runs on the server with operator rights; every command that touches documents
+records one audit event with the actor `local:<os user>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.audit import AuditEvent, Auditor
+from core.cli.base import main, user_errors
+from core.config import Settings, load_settings
+from core.db import upgrade_database
+from core.knowledge import IngestOutcome, KnowledgeService
+from core.plugins import load_tenants, plugin_package
+from core.rbac import operator_principal
+from core.tenancy import Tenant
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+tenant_option = click.option("--tenant", "tenant_id", required=True, help="Tenant id.")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=_jsonable))
+
+
+@contextmanager
+def _knowledge(tenant_id: str) -> Iterator[tuple[Settings, KnowledgeService, Tenant, Auditor]]:
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    tenants = load_tenants(settings)
+    tenant = tenants.get(tenant_id)
+    auditor = Auditor(settings)
+    try:
+        yield settings, KnowledgeService(settings, tenants), tenant, auditor
+    finally:
+        auditor.close()
+
+
+def _audit(auditor: Auditor, action: str, tenant: Tenant, started: float, **fields: Any) -> None:
+    auditor.record(
+        AuditEvent(
+            action=action,
+            user_sub=operator_principal().subject,
+            tenant_id=tenant.id,
+            latency_ms=(time.monotonic() - started) * 1000,
+            **{"outcome": "ok", **fields},
+        )
+    )
+
+
+@main.command("tenants")
+@json_option
+@user_errors
+def tenants_command(as_json: bool) -> None:
+    """List the tenants and the plugin (and package) that provides each."""
+    settings = load_settings()
+    rows = [
+        {
+            "id": t.id,
+            "display_name": t.display_name,
+            "description": t.description,
+            "plugin": t.plugin,
+            "package": plugin_package(t.plugin),
+        }
+        for t in load_tenants(settings).all()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['id']:<14} {row['display_name']:<16} {row['plugin']} ({row['package']})")
+
+
+def _outcome_line(outcome: IngestOutcome) -> str:
+    if outcome.status == "refused":
+        return f"refused    {outcome.filename}: {outcome.error}"
+    where = f"{outcome.document_id} ({outcome.chunks} chunks)"
+    return f"{outcome.status:<10} {outcome.filename} -> {where}"
+
+
+@main.command("ingest")
+@tenant_option
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@user_errors
+def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Add files to a tenant's documents (.txt .md .pdf .docx .html .csv); exit 1 if any refused."""
+    started = time.monotonic()
+    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
+        outcomes = knowledge.ingest(tenant, list(paths), operator_principal().subject)
+        for outcome in outcomes:
+            refused = outcome.status == "refused"
+            _audit(
+                auditor,
+                "cli_ingest",
+                tenant,
+                started,
+                outcome="error" if refused else "ok",
+                status=400 if refused else 200,
+                document_ids=[outcome.document_id] if outcome.document_id else [],
+                error_class="IngestionError" if refused else None,
+                detail=f"{outcome.filename}: {outcome.error or outcome.status}",
+            )
+    if as_json:
+        _print_json([dataclasses.asdict(o) for o in outcomes])
+    else:
+        for outcome in outcomes:
+            click.echo(_outcome_line(outcome))
+    if any(o.status == "refused" for o in outcomes):
+        raise SystemExit(1)
+
+
+@main.command("docs")
+@tenant_option
+@json_option
+@user_errors
+def docs_command(tenant_id: str, as_json: bool) -> None:
+    """List a tenant's documents, newest first."""
+    started = time.monotonic()
+    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
+        docs = knowledge.list_documents(tenant)
+        _audit(auditor, "cli_list_documents", tenant, started, detail=f"{len(docs)} documents")
+    if as_json:
+        _print_json([dataclasses.asdict(d) for d in docs])
+        return
+    for doc in docs:
+        when = doc.uploaded_at.strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{doc.id}  {when}  {doc.chunks:>5} chunks  {doc.size:>9} B  {doc.filename}")
+
+
+@main.command("rm")
+@tenant_option
+@click.argument("document_id")
+@json_option
+@user_errors
+def rm_command(tenant_id: str, document_id: str, as_json: bool) -> None:
+    """Delete one of a tenant's documents, its vectors and its stored original."""
+    started = time.monotonic()
+    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
+        try:
+            knowledge.delete_document(tenant, document_id)
+        except Exception as exc:
+            _audit(auditor, "cli_delete_document", tenant, started, outcome="error",
+                   status=getattr(exc, "status", 500), error_class=type(exc).__name__,
+                   document_ids=[document_id])  # fmt: skip
+            raise
+        _audit(auditor, "cli_delete_document", tenant, started, document_ids=[document_id])
+    if as_json:
+        _print_json({"deleted": document_id, "tenant": tenant_id})
+    else:
+        click.echo(f"deleted {document_id}")
+
+
+@main.command("reindex")
+@tenant_option
+@json_option
+@user_errors
+def reindex_command(tenant_id: str, as_json: bool) -> None:
+    """Rebuild a tenant's vectors from its stored (encrypted) originals."""
+    started = time.monotonic()
+    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
+        chunks = knowledge.reindex(tenant)
+        _audit(auditor, "cli_reindex", tenant, started, detail=f"{chunks} chunks")
+    if as_json:
+        _print_json({"tenant": tenant_id, "chunks": chunks})
+    else:
+        click.echo(f"re-indexed {tenant_id}: {chunks} chunks")
