@@ -9,38 +9,34 @@ be used, never a field of the request. Every completion is the same chat turn as
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import Receive, Scope, Send
 
-from core.api_errors import OpenAIRoute, error_body
+from core.api_errors import OpenAIRoute
 from core.api_schemas import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ErrorResponse,
     ModelInfo,
     ModelList,
-    SourceOut,
-    TenantLLMExtension,
+)
+from core.api_stream import (
+    ClosingStreamingResponse,
+    collect_unless_disconnected,
+    completion,
+    first_chunk,
+    sse_events,
 )
 from core.auth import principal_from_bearer
-from core.chat import ChatRequest, ChatTurn, start_chat_turn
-from core.engine import GenerationChunk
-from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
+from core.chat import ChatRequest, start_chat_turn
+from core.errors import NotAuthenticated
 from core.identity import Principal
-from core.rbac import authorize
+from core.rbac import authorize, is_allowed
 from core.services import Services
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -55,14 +51,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
-_INTERNAL_ERROR = {
-    "error": {
-        "message": "Internal error; it has been logged.",
-        "type": "server_error",
-        "code": "internal_error",
-        "param": None,
-    }
-}
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"], route_class=OpenAIRoute)
@@ -90,14 +78,6 @@ async def current_principal(
     return principal
 
 
-def _may_chat(principal: Principal, tenant_id: str) -> bool:
-    try:
-        authorize(principal, tenant_id, "chat")
-    except PermissionDenied:
-        return False
-    return True
-
-
 def _model_info(services: Services, tenant_id: str) -> ModelInfo:
     tenant = services.tenants.get(tenant_id)
     return ModelInfo(
@@ -115,7 +95,7 @@ async def list_models(
 ) -> ModelList:
     """The tenants this credential may chat with, as models (`id` = tenant id)."""
     services = _services(request)
-    allowed = [t.id for t in services.tenants.all() if _may_chat(principal, t.id)]
+    allowed = [t.id for t in services.tenants.all() if is_allowed(principal, t.id, "chat")]
     return ModelList(data=[_model_info(services, tenant_id) for tenant_id in allowed])
 
 
@@ -167,167 +147,17 @@ async def chat_completions(
     headers = {"x-request-id": turn.request_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = turn.stream()
+        # Wait for the first chunk before answering 200: a full generation queue, an engine
+        # that died or a request the engine refuses still gets its proper HTTP status.
+        first = await first_chunk(stream)
         return ClosingStreamingResponse(
-            _sse_events(turn, body.model, include_usage),
+            sse_events(turn, stream, first, body.model, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    finished, last = await _collect_unless_disconnected(request, turn)
+    finished, last = await collect_unless_disconnected(request, turn)
     if not finished:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-    completion = _completion(turn, body.model, last)
-    return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-
-
-def _extension(turn: ChatTurn) -> TenantLLMExtension:
-    sources = [
-        SourceOut(
-            document_id=s.document_id,
-            filename=s.filename,
-            location=s.location,
-            snippet=s.snippet,
-            score=s.score,
-        )
-        for s in turn.sources
-    ]
-    return TenantLLMExtension(request_id=turn.request_id, sources=sources)
-
-
-def _finish_reason(chunk: GenerationChunk | None) -> str:
-    return "length" if chunk is not None and chunk.finish_reason == "length" else "stop"
-
-
-def _usage(turn: ChatTurn, last: GenerationChunk | None) -> dict[str, int]:
-    prompt = last.prompt_tokens if last is not None and last.prompt_tokens else turn.prompt_tokens
-    completion = last.completion_tokens if last is not None else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _completion(turn: ChatTurn, model: str, last: GenerationChunk | None) -> ChatCompletion:
-    return ChatCompletion.model_validate(
-        {
-            "id": f"chatcmpl-{turn.request_id}",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "message": {"content": last.text if last is not None else ""},
-                    "finish_reason": _finish_reason(last),
-                }
-            ],
-            "usage": _usage(turn, last),
-            "tenantllm": _extension(turn),
-        }
-    )
-
-
-async def _collect(turn: ChatTurn) -> GenerationChunk | None:
-    last: GenerationChunk | None = None
-    async with aclosing(turn.stream()) as stream:
-        async for chunk in stream:
-            last = chunk
-    return last
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _collect_unless_disconnected(
-    request: Request, turn: ChatTurn
-) -> tuple[bool, GenerationChunk | None]:
-    """Generate the whole answer, but abort it (audited `cancelled`) if the client leaves.
-
-    Returns (finished, last chunk); raises the turn's error if generation failed.
-    """
-    generation = asyncio.create_task(_collect(turn))
-    watcher = asyncio.create_task(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({generation, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not generation.done():
-        generation.cancel()  # the chat turn aborts the engine request and audits it
-        with contextlib.suppress(asyncio.CancelledError):
-            await generation
-        return False, None
-    return True, generation.result()
-
-
-def _sse(chunk: ChatCompletionChunk) -> str:
-    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-
-
-async def _sse_events(turn: ChatTurn, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: role + sources, text deltas, finish + sources, [usage], [DONE]."""
-    base: dict[str, Any] = {
-        "id": f"chatcmpl-{turn.request_id}",
-        "created": int(time.time()),
-        "model": model,
-    }
-    extension = _extension(turn)
-    yield _sse(
-        ChatCompletionChunk.model_validate(
-            {
-                **base,
-                "choices": [{"delta": {"role": "assistant", "content": ""}}],
-                "tenantllm": extension,
-            }
-        )
-    )
-    last: GenerationChunk | None = None
-    try:
-        async with aclosing(turn.stream()) as stream:
-            async for chunk in stream:
-                last = chunk
-                if chunk.delta:
-                    yield _sse(
-                        ChatCompletionChunk.model_validate(
-                            {**base, "choices": [{"delta": {"content": chunk.delta}}]}
-                        )
-                    )
-    except TenantLLMError as exc:
-        # The status line is already sent: report the error the way OpenAI streams do.
-        yield f"data: {json.dumps(error_body(exc))}\n\n"
-        return
-    except Exception:
-        log.exception("stream of %s failed", turn.request_id)
-        yield f"data: {json.dumps(_INTERNAL_ERROR)}\n\n"
-        return
-    yield _sse(
-        ChatCompletionChunk.model_validate(
-            {
-                **base,
-                "choices": [{"delta": {}, "finish_reason": _finish_reason(last)}],
-                "tenantllm": extension,
-            }
-        )
-    )
-    if include_usage:
-        yield _sse(
-            ChatCompletionChunk.model_validate({**base, "choices": [], "usage": _usage(turn, last)})
-        )
-    yield "data: [DONE]\n\n"
-
-
-class ClosingStreamingResponse(StreamingResponse):
-    """A streaming response that always closes its body iterator when the response ends.
-
-    When the client disconnects while the body is parked at a `yield`, Starlette just stops
-    iterating; closing here makes the chat turn abort the engine request and audit
-    `cancelled` now, instead of whenever the generator is garbage-collected.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the response; close the body iterator however sending ended."""
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    answer = completion(turn, body.model, last)
+    return JSONResponse(answer.model_dump(mode="json"), headers=headers)

@@ -22,6 +22,14 @@ from core.audit import AuditEvent
 from core.errors import InvalidRequest, NotAuthenticated, RateLimited, TenantLLMError
 
 log = logging.getLogger(__name__)
+INTERNAL_ERROR: dict[str, Any] = {
+    "error": {
+        "message": "Internal error; it has been logged.",
+        "type": "server_error",
+        "code": "internal_error",
+        "param": None,
+    }
+}
 
 
 def error_body(err: TenantLLMError, param: str | None = None) -> dict[str, Any]:
@@ -114,16 +122,6 @@ class OpenAIRoute(APIRoute):
                 raise
             except Exception:
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
-                return JSONResponse(
-                    {
-                        "error": {
-                            "message": "Internal error; it has been logged.",
-                            "type": "server_error",
-                            "code": "internal_error",
-                            "param": None,
-                        }
-                    },
-                    status_code=500,
-                )
+                return JSONResponse(INTERNAL_ERROR, status_code=500)
 
         return route

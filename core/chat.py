@@ -17,22 +17,22 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from core.audit import AuditEvent
+from core.chat_prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.engine import GenerationChunk, GenerationParams
 from core.errors import (
     EngineUnavailable,
     InvalidRequest,
     PermissionDenied,
-    PromptTooLong,
     RateLimited,
     TenantLLMError,
 )
-from core.injection import check_prompt
+from core.injection import check_prompt, detect_injection
 from core.plugins import process_prompt
 from core.rbac import authorize
 from core.redaction import redact_secrets
@@ -44,12 +44,6 @@ if TYPE_CHECKING:
 
 Channel = Literal["ui", "api", "cli"]
 Outcome = Literal["ok", "denied", "error", "rate_limited", "cancelled"]
-
-# Client history is untrusted and only context: keep the recent part, and bound each turn.
-MAX_HISTORY_MESSAGES = 20
-MAX_HISTORY_CHARS = 4000
-MAX_QUESTION_CHARS = 16000
-HISTORY_ROLES = ("user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ class _AuditContext:
     flags: list[str] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
-    prompt_text: str | None = None  # only when the audit_prompt_text setting is on
+    prompt_text: str | None = None  # redacted; stored only if audit_prompt_text is on
 
     def event(self, outcome: Outcome, status: int, error: Exception | None) -> AuditEvent:
         """The audit event for this turn, ending now."""
@@ -149,7 +143,7 @@ class ChatTurn:
         self._audit = audit
         self._streamed = False
 
-    async def stream(self) -> AsyncIterator[GenerationChunk]:
+    async def stream(self) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the answer; write the turn's audit event when the stream ends in any way.
 
         Closing the iterator early (client gone, Stop button) aborts the engine request and
@@ -173,10 +167,12 @@ class ChatTurn:
                     request_id=self.request_id,
                     priority=self.tenant.priority,
                     lora_path=self.tenant.lora_path,
+                    max_prompt_tokens=self.tenant.max_prompt_tokens,
+                    max_output_tokens=self.tenant.max_output_tokens,
                 )
-                # aclosing: leaving early must close the engine's generator now (it aborts the
-                # request there), not whenever the garbage collector gets to it.
-                async with aclosing(chunks) as stream:
+                # Leaving early must close the engine's generator now (that aborts the request
+                # in the engine), not whenever the garbage collector gets to it.
+                async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:
                     async for chunk in stream:
                         self._audit.tokens_in = chunk.prompt_tokens or self._audit.tokens_in
                         self._audit.tokens_out = chunk.completion_tokens
@@ -210,7 +206,7 @@ async def start_chat_turn(
         request_id=uuid.uuid4().hex,
         started=time.monotonic(),
     )
-    if services.settings.audit_prompt_text and isinstance(request.question, str):
+    if isinstance(request.question, str):  # the auditor keeps it only if the setting says so
         audit.prompt_text = redact_secrets(request.question)[0]
     try:
         return await _prepare_turn(services, principal, request, audit)
@@ -234,103 +230,16 @@ async def _prepare_turn(
     engine = services.engine
     if engine is None or not engine.ready:
         raise EngineUnavailable("The model is starting; try again in a moment.")
-    question = _clean_question(request.question)
+    question = clean_question(request.question)
     history = sanitize_history(request.history)
-    params = _generation_params(services, tenant, request)
+    params = generation_params(services, tenant, request)
     # Retrieval sees only the question and the registry's tenant: never history or client ids.
     sources = await asyncio.to_thread(services.knowledge.retrieve, tenant, question)
-    messages, sources, tokens = _fit_prompt(services, tenant, question, sources, history)
+    messages, sources, tokens = fit_prompt(services, tenant, question, sources, history)
     audit.document_ids = [s.document_id for s in sources]
     audit.tokens_in = tokens
     messages = _apply_prompt_checks(services, principal, tenant, question, history, messages, audit)
     return ChatTurn(services, tenant, list(sources), messages, params, audit)
-
-
-def sanitize_history(history: Sequence[object]) -> list[dict[str, str]]:
-    """Keep only recent user/assistant text turns, each capped: history is client data.
-
-    System messages, tool turns, unknown roles, non-text content and extra keys are dropped,
-    so a client cannot smuggle instructions or another tenant's context in as "history".
-    """
-    kept: list[dict[str, str]] = []
-    for item in history:
-        if not isinstance(item, dict):
-            continue
-        role, content = item.get("role"), item.get("content")
-        if role not in HISTORY_ROLES or not isinstance(content, str) or not content.strip():
-            continue
-        kept.append({"role": role, "content": content[:MAX_HISTORY_CHARS]})
-    return kept[-MAX_HISTORY_MESSAGES:]
-
-
-def _clean_question(question: str) -> str:
-    question = question.strip() if isinstance(question, str) else ""
-    if not question:
-        raise InvalidRequest("The question is empty.")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise PromptTooLong(f"The question is longer than {MAX_QUESTION_CHARS} characters.")
-    return question
-
-
-def _generation_params(
-    services: Services, tenant: Tenant, request: ChatRequest
-) -> GenerationParams:
-    settings = services.settings
-    cap = tenant.max_output_tokens or settings.max_output_tokens
-    max_tokens = request.max_tokens
-    if max_tokens is None:
-        max_tokens = min(settings.default_max_tokens, cap)
-    if not 1 <= max_tokens <= cap:
-        raise InvalidRequest(f"max_tokens must be between 1 and {cap} for this tenant.")
-    temperature = 0.7 if request.temperature is None else request.temperature
-    if not 0.0 <= temperature <= 2.0:
-        raise InvalidRequest("temperature must be between 0 and 2.")
-    top_p = 1.0 if request.top_p is None else request.top_p
-    if not 0.0 < top_p <= 1.0:
-        raise InvalidRequest("top_p must be greater than 0 and at most 1.")
-    if len(request.stop) > 4 or any(not s for s in request.stop):
-        raise InvalidRequest("stop takes at most 4 non-empty strings.")
-    return GenerationParams(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        stop=tuple(request.stop),
-        seed=request.seed,
-    )
-
-
-def _fit_prompt(
-    services: Services,
-    tenant: Tenant,
-    question: str,
-    sources: Sequence[Source],
-    history: Sequence[dict[str, str]],
-) -> tuple[list[dict[str, str]], list[Source], int]:
-    """Render the tenant's template, dropping the oldest history then the last (least
-    relevant) sources until the prompt fits the tenant's cap.
-
-    The sources returned are exactly those in the prompt, so what the user is shown as
-    sources is what the model saw.
-    """
-    assert services.engine is not None
-    cap = tenant.max_prompt_tokens or services.settings.max_prompt_tokens
-    kept_sources = list(sources)
-    kept_history = list(history)
-    while True:
-        messages = tenant.prompt.render(
-            question=question, sources=kept_sources, history=kept_history
-        )
-        tokens = services.engine.count_prompt_tokens(messages)
-        if tokens <= cap:
-            return messages, kept_sources, tokens
-        if kept_history:
-            kept_history = kept_history[1:]
-        elif kept_sources:
-            kept_sources = kept_sources[:-1]
-        else:
-            raise PromptTooLong(
-                f"The question is too long for this assistant ({tokens} tokens, at most {cap})."
-            )
 
 
 def _apply_prompt_checks(
@@ -346,5 +255,12 @@ def _apply_prompt_checks(
     draft = process_prompt(tenant, principal.subject, question, messages)
     audit.flags.extend(draft.flags)
     user_text = "\n".join([*(m["content"] for m in history if m["role"] == "user"), question])
-    audit.flags.extend(check_prompt(user_text, block=services.settings.injection_block))
+    others = [
+        n for t in services.tenants.all() if t.id != tenant.id for n in (t.id, t.display_name)
+    ]
+    block = services.settings.injection_block
+    # Flags are recorded before a refusal is raised, so a blocked prompt is audited with them.
+    flags = detect_injection(user_text, tenant.id, others)
+    audit.flags.extend(flags)
+    check_prompt(user_text, tenant.id, others, block=block)
     return draft.messages
