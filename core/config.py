@@ -6,6 +6,7 @@ Every field is documented in the README's "Settings" table (a test checks it).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -168,8 +169,19 @@ def check_production(settings: Settings) -> None:
         raise ConfigError("TENANTLLM_MASTER_KEY must be set in production mode.")
 
 
+def _unknown_env_settings() -> list[str]:
+    """`TENANTLLM_*` variables that name no setting (pydantic-settings ignores them silently)."""
+    known = {f"TENANTLLM_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        k for k in os.environ if k.upper().startswith("TENANTLLM_") and k.upper() not in known
+    )
+
+
 def load_settings() -> Settings:
     """Read settings, turning validation errors into one clear message naming the setting."""
+    unknown = _unknown_env_settings()
+    if unknown:
+        raise ConfigError("Invalid configuration: unknown setting " + ", ".join(unknown))
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from core.config import Settings
@@ -120,7 +120,7 @@ class Engine(ABC):
     @abstractmethod
     def _generate(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream one checked request from the backend, aborting it if iteration stops."""
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
@@ -139,7 +139,7 @@ class Engine(ABC):
         lora_path: str | None = None,
         max_prompt_tokens: int | None = None,
         max_output_tokens: int | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream an answer to `messages` for `tenant_id`, chunk by chunk (cumulative text).
 
         The caps (`max_prompt_tokens` / `max_output_tokens`, default: the settings; a tenant

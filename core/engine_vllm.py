@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -127,7 +127,7 @@ class VLLMEngine(Engine):
 
     async def _generate(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         llm = self._llm
         if llm is None:
             raise EngineUnavailable("The engine has been stopped.")

@@ -1,0 +1,232 @@
+"""Backend `openai`: a remote OpenAI-compatible vLLM server, for deployments that outgrow one
+machine (start it with `vllm serve MODEL --scheduling-policy priority`).
+
+Same interface as the in-process engine. The tenant's `cache_salt` and the priority travel in
+the request body (vLLM's server accepts both); prompt tokens are counted by the server's
+`/tokenize` (its own chat template); closing our stream closes the HTTP response, and vLLM
+aborts a request whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.config import Settings
+from core.engine import (
+    Engine,
+    EngineRequest,
+    EngineStatus,
+    GenerationChunk,
+    GenerationParams,
+    PreparedPrompt,
+)
+from core.errors import (
+    ConfigError,
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidRequest,
+    TenantLLMError,
+)
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0  # the server may still be loading its model when we start
+REQUEST_TIMEOUT_S = 30.0
+STREAM_TIMEOUT_S = 120.0  # longest silence between two streamed events (queueing included)
+
+
+class RemoteEngine(Engine):
+    """A client of one remote vLLM server, shared by all tenants of this process."""
+
+    backend = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        if not settings.engine_url:
+            raise ConfigError("TENANTLLM_ENGINE_URL must be set for the `openai` engine backend.")
+        self._root = settings.engine_url.rstrip("/").removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {settings.engine_api_key}"}
+        self._headers = headers if settings.engine_api_key else {}
+        self._client: Any = None  # openai.AsyncOpenAI once started
+        self._sync_http: httpx.Client | None = None
+        self._served: str = ""
+        self._waiting: set[str] = set()
+        self._running: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        """True once the server answered and told us which model it serves."""
+        return self._client is not None
+
+    async def start(self) -> None:
+        """Wait for the server (up to START_TIMEOUT_S) and pick the model it serves."""
+        if self._client is not None:
+            return
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(
+            base_url=f"{self._root}/v1",
+            api_key=self.settings.engine_api_key or "none",
+            max_retries=1,
+            timeout=STREAM_TIMEOUT_S,
+        )
+        served = await self._served_models(client)
+        self._served = self._pick_model(served)
+        self._sync_http = httpx.Client(headers=self._headers, timeout=REQUEST_TIMEOUT_S)
+        self._client = client
+        log.info("remote engine %s serves %s", self._root, self._served)
+
+    async def _served_models(self, client: Any) -> list[str]:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                return [m.id async for m in client.models.list()]
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise EngineUnavailable(
+                        f"The engine server at {self._root} did not answer ({type(exc).__name__})."
+                    ) from None
+                await asyncio.sleep(1.0)
+
+    def _pick_model(self, served: list[str]) -> str:
+        wanted = self.settings.model
+        if wanted in served:
+            return wanted
+        if len(served) == 1:  # e.g. model=bundled while the server names it its own way
+            return served[0]
+        raise ConfigError(
+            f"TENANTLLM_MODEL={wanted!r} is not served by {self._root} (it serves {served})."
+        )
+
+    async def stop(self) -> None:
+        """Close the HTTP clients (the remote server keeps running)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        if self._sync_http is not None:
+            self._sync_http.close()
+            self._sync_http = None
+
+    async def status(self) -> EngineStatus:
+        """Running/waiting requests as the server reports them (all its clients)."""
+        running, waiting = len(self._running), len(self._waiting)
+        if self._client is not None:
+            try:
+                async with httpx.AsyncClient(headers=self._headers, timeout=5.0) as http:
+                    metrics = (await http.get(f"{self._root}/metrics")).text
+                running = _gauge(metrics, "vllm:num_requests_running", running)
+                waiting = _gauge(metrics, "vllm:num_requests_waiting", waiting)
+            except httpx.HTTPError:
+                pass  # fall back to what this process knows
+        return EngineStatus(
+            self.backend, self._served or self.settings.model, self.ready, running, waiting
+        )
+
+    def _prepare(self, messages: list[dict[str, str]]) -> PreparedPrompt:
+        assert self._sync_http is not None
+        body = {"model": self._served, "messages": messages, "add_generation_prompt": True}
+        try:
+            response = self._sync_http.post(f"{self._root}/tokenize", json=body)
+        except httpx.HTTPError:
+            raise EngineUnavailable("The engine server cannot be reached.") from None
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, response.text)
+        return PreparedPrompt(messages=messages, tokens=int(response.json()["count"]))
+
+    async def _generate(
+        self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        client = self._client
+        if client is None:
+            raise EngineUnavailable("The engine has been stopped.")
+        rid = request.request_id
+        self._waiting.add(rid)
+        stream: Any = None
+        try:
+            stream = await client.chat.completions.create(**self._body(prompt, params, request))
+            text, finish, usage = "", None, (prompt.tokens, 0)
+            async for event in stream:
+                self._waiting.discard(rid)
+                self._running.add(rid)
+                if event.usage is not None:
+                    usage = (event.usage.prompt_tokens, event.usage.completion_tokens)
+                delta = "".join(c.delta.content or "" for c in event.choices)
+                finish = next((c.finish_reason for c in event.choices if c.finish_reason), finish)
+                if delta:
+                    text += delta
+                    yield GenerationChunk(text, delta, False, None, usage[0], usage[1])
+            # The finish reason and the final usage come in the last events: one closing chunk.
+            yield GenerationChunk(text, "", True, finish or "stop", usage[0], usage[1])
+        except TenantLLMError:
+            raise
+        except Exception as exc:
+            raise map_openai_error(exc) from None
+        finally:
+            self._waiting.discard(rid)
+            self._running.discard(rid)
+            if stream is not None:
+                # Closing the response tells the server the client is gone: it aborts.
+                await stream.close()
+
+    def _body(
+        self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
+    ) -> dict[str, Any]:
+        extra: dict[str, Any] = {"cache_salt": request.cache_salt}
+        if request.priority:  # non-zero needs a server started with priority scheduling
+            extra["priority"] = request.priority
+        model = self._served
+        if request.lora_path and self.settings.enable_lora:
+            # Remote adapters are served by name (`--lora-modules NAME=PATH`): the folder name.
+            model = Path(request.lora_path).name
+        return {
+            "model": model,
+            "messages": prompt.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(params.stop) or None,
+            "seed": params.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "extra_body": extra,
+            "extra_headers": {"X-Request-Id": request.request_id},
+        }
+
+
+def _gauge(metrics: str, name: str, default: int) -> int:
+    """Sum a Prometheus gauge over its label sets (one per served model)."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
+    return int(sum(values)) if values else default
+
+
+def _status_error(status: int, detail: str) -> TenantLLMError:
+    if status in (429, 503):
+        return EngineOverloaded("The model is busy right now; try again in a moment.")
+    if status in (400, 413, 422):
+        return InvalidRequest(f"The model refused the request: {detail[:200]}")
+    log.error("engine server answered %s: %s", status, detail[:500])
+    return EngineUnavailable("The model failed to answer; try again.")
+
+
+def map_openai_error(exc: Exception) -> TenantLLMError:
+    """An `openai` client failure as a typed error with a user-safe message."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        message = getattr(exc, "message", "") or str(exc)
+        return _status_error(exc.status_code, message)
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return EngineUnavailable("The engine server cannot be reached.")
+    log.error("remote generation failed", exc_info=exc)
+    return EngineUnavailable("The model failed to answer; try again.")
