@@ -1,0 +1,107 @@
+"""The RBAC matrix: every role x every action x own tenant / other tenant / no tenant.
+
+The expected table is written out by hand (not derived from core/rbac.py), then checked
+through `authorize` and through the HTTP entry points with real sign-ins and API keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core import apikeys
+from core.errors import PermissionDenied
+from core.identity import Principal
+from core.rbac import ACTIONS, authorize, operator_principal
+from tests.fixtures.oidc import app_client, build_auth_app, login, make_auth_settings
+
+OWN, OTHER = "sales", "finance"
+ALL = set(ACTIONS)
+
+# role -> {tenant scope -> allowed actions}
+EXPECTED: dict[str, dict[str | None, set[str]]] = {
+    "member": {OWN: {"chat", "read_documents"}, OTHER: set(), None: set()},
+    "editor": {
+        OWN: {"chat", "read_documents", "upload", "delete_document", "manage_keys"},
+        OTHER: set(),
+        None: set(),
+    },
+    "auditor": {OWN: {"read_audit"}, OTHER: {"read_audit"}, None: {"read_audit"}},
+    "admin": {OWN: ALL, OTHER: ALL, None: ALL},
+    "nobody": {OWN: set(), OTHER: set(), None: set()},
+    "key-member": {OWN: {"chat", "read_documents"}, OTHER: set(), None: set()},
+    "key-editor": {
+        OWN: {"chat", "read_documents", "upload", "delete_document"},  # keys never mint keys
+        OTHER: set(),
+        None: set(),
+    },
+}
+
+
+def principal_for(role: str) -> Principal:
+    kind = "api_key" if role.startswith("key-") else "user"
+    tenant_role = role.removeprefix("key-")
+    tenant_roles = {OWN: tenant_role} if tenant_role in ("member", "editor") else {}
+    global_roles = frozenset({role}) if role in ("auditor", "admin") else frozenset()
+    return Principal(role, None, kind, tenant_roles, global_roles)  # type: ignore[arg-type]
+
+
+def _allowed(principal: Principal, tenant: str | None, action: str) -> bool:
+    try:
+        authorize(principal, tenant, action)  # type: ignore[arg-type]
+    except PermissionDenied:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("role", sorted(EXPECTED))
+@pytest.mark.parametrize("tenant", [OWN, OTHER, None])
+def test_matrix_through_authorize(role: str, tenant: str | None) -> None:
+    principal = principal_for(role)
+    allowed = {a for a in ACTIONS if _allowed(principal, tenant, a)}
+    assert allowed == EXPECTED[role][tenant]
+
+
+def test_unknown_action_is_refused() -> None:
+    with pytest.raises(PermissionDenied):
+        authorize(principal_for("editor"), OWN, "drop_tables")  # type: ignore[arg-type]
+
+
+def test_operator_is_a_local_admin() -> None:
+    operator = operator_principal()
+    assert operator.kind == "local" and operator.subject.startswith("local:")
+    assert all(_allowed(operator, t, a) for a in ACTIONS for t in (OWN, OTHER, None))
+
+
+# Demo users (real sign-in) standing for each role; "zed" has no known group.
+PEOPLE = {"alice": "member", "erin": "editor", "audrey": "auditor", "root": "admin"}
+
+
+async def test_matrix_through_http_with_real_sign_ins(tmp_path: Path, oidc_issuer: str) -> None:
+    app, services = build_auth_app(make_auth_settings(tmp_path, oidc_issuer))
+    for user, role in PEOPLE.items():
+        async with app_client(app) as client:
+            assert (await login(client, user)).status_code == 302
+            for tenant in (OWN, OTHER, None):
+                for action in ACTIONS:
+                    path = f"/teams/{tenant or '-'}/{action}"
+                    status = (await client.get(path)).status_code
+                    expected = 200 if action in EXPECTED[role][tenant] else 403
+                    assert status == expected, (user, tenant, action, status)
+    async with app_client(app) as anonymous:
+        assert (await anonymous.get(f"/teams/{OWN}/chat")).status_code == 401
+
+
+async def test_api_keys_through_bearer(tmp_path: Path, oidc_issuer: str) -> None:
+    app, services = build_auth_app(make_auth_settings(tmp_path, oidc_issuer))
+    for role in ("member", "editor"):
+        created = apikeys.create_key(services.settings, tenant_id=OWN, role=role, created_by="t")
+        async with app_client(app) as client:
+            me = await client.get(
+                "/v1/whoami", headers={"Authorization": f"Bearer {created.secret}"}
+            )
+        principal = Principal(me.json()["subject"], None, "api_key", me.json()["tenant_roles"])
+        for tenant in (OWN, OTHER, None):
+            allowed = {a for a in ACTIONS if _allowed(principal, tenant, a)}
+            assert allowed == EXPECTED[f"key-{role}"][tenant]
