@@ -81,7 +81,9 @@ def _filters(params: dict[str, Any]) -> AuditFilters:
 def _open_auditor() -> Auditor:
     settings = load_settings()
     upgrade_database(settings.resolved_database_url)
-    return Auditor(settings)
+    auditor = Auditor(settings)
+    auditor.flush()  # replays what a dead process left in the spool, so reads are complete
+    return auditor
 
 
 def _record_view(auditor: Auditor, what: str, filters: AuditFilters | None, ok: bool) -> None:
