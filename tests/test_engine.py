@@ -1,0 +1,208 @@
+"""The shared in-process vLLM engine, for real (one engine per pytest run)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import pytest
+
+from core.engine import Engine, GenerationChunk, GenerationParams, cache_salt
+from core.errors import EngineOverloaded, EngineUnavailable, InvalidRequest, PromptTooLong
+
+pytestmark = pytest.mark.engine
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = GenerationParams(max_tokens=32, temperature=0.0)
+
+
+async def _collect(chunks: AsyncIterator[GenerationChunk]) -> list[GenerationChunk]:
+    return [chunk async for chunk in chunks]
+
+
+async def _until(predicate: Any, deadline_s: float = 60.0) -> bool:
+    """Poll `predicate` (async) until true or the generous deadline passes (no timing claims)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while loop.time() < end:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.1)
+    return await predicate()
+
+
+class GenerateSpy:
+    """Wraps AsyncLLM.generate to see exactly what the engine is handed."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def __call__(self, prompt: Any, sampling: Any, request_id: str, **kwargs: Any) -> Any:
+        self.calls.append((prompt, {"sampling": sampling, "request_id": request_id, **kwargs}))
+        return self.real(prompt, sampling, request_id, **kwargs)
+
+
+@pytest.fixture
+def spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> GenerateSpy:
+    llm = engine._llm  # type: ignore[attr-defined]
+    wrapper = GenerateSpy(llm.generate)
+    monkeypatch.setattr(llm, "generate", wrapper)
+    return wrapper
+
+
+async def test_greedy_answer_knows_paris(engine: Engine) -> None:
+    chunks = await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales"))
+    final = chunks[-1]
+    assert final.finished and final.finish_reason in ("stop", "length")
+    assert "Paris" in final.text, final.text  # guards the model conversion (rope_theta)
+    assert final.prompt_tokens == engine.count_prompt_tokens(FRANCE)
+    assert final.completion_tokens > 0
+    assert "".join(c.delta for c in chunks) == final.text  # deltas add up to the text
+
+
+async def test_eight_concurrent_streams_complete_in_several_chunks(engine: Engine) -> None:
+    questions = [f"Count from 1 to {n + 5}, one number per line." for n in range(8)]
+    params = GenerationParams(max_tokens=24, temperature=0.0)
+    streams = [
+        _collect(engine.stream_chat([{"role": "user", "content": q}], params, tenant_id=f"t{i}"))
+        for i, q in enumerate(questions)
+    ]
+    results = await asyncio.gather(*streams)
+    for chunks in results:
+        assert chunks[-1].finished
+        assert len([c for c in chunks if c.delta]) >= 3
+        assert all(b.text.startswith(a.text) for a, b in zip(chunks, chunks[1:], strict=False))
+
+
+async def test_closing_a_stream_aborts_it_in_the_engine(engine: Engine) -> None:
+    params = GenerationParams(max_tokens=400, temperature=0.9)
+    story = [{"role": "user", "content": "Tell me a very long story about a lighthouse."}]
+    stream = engine.stream_chat(story, params, tenant_id="sales")
+    async with aclosing(stream):
+        async for chunk in stream:
+            if chunk.completion_tokens >= 3:
+                break
+        status = await engine.status()
+        assert status.running + status.waiting >= 1  # it really was in the engine
+
+    async def idle() -> bool:
+        status = await engine.status()
+        return status.running == 0 and status.waiting == 0
+
+    assert await _until(idle)
+
+
+async def test_cancelling_the_consumer_task_aborts_too(engine: Engine) -> None:
+    params = GenerationParams(max_tokens=400, temperature=0.9)
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.stream_chat(FRANCE, params, tenant_id="sales"):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 120)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def idle() -> bool:
+        return (await engine.status()).running == 0
+
+    assert await _until(idle)
+
+
+async def test_caps_are_refused_before_the_engine(engine: Engine, spy: GenerateSpy) -> None:
+    settings = engine.settings
+    too_long = [{"role": "user", "content": "lighthouse " * (settings.max_prompt_tokens + 10)}]
+    with pytest.raises(PromptTooLong):
+        engine.stream_chat(too_long, GREEDY, tenant_id="sales")
+    with pytest.raises(PromptTooLong):  # a tenant's lower cap
+        engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", max_prompt_tokens=5)
+    too_many = GenerationParams(max_tokens=settings.max_output_tokens + 1)
+    with pytest.raises(InvalidRequest, match="max_tokens"):
+        engine.stream_chat(FRANCE, too_many, tenant_id="sales")
+    with pytest.raises(InvalidRequest, match="max_tokens"):
+        engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", max_output_tokens=8)
+    for bad in (
+        GenerationParams(max_tokens=0),
+        GenerationParams(max_tokens=8, temperature=-1),
+        GenerationParams(max_tokens=8, top_p=0),
+    ):
+        with pytest.raises(InvalidRequest):
+            engine.stream_chat(FRANCE, bad, tenant_id="sales")
+    with pytest.raises(InvalidRequest):
+        engine.stream_chat([{"role": "tool", "content": "x"}], GREEDY, tenant_id="sales")
+    with pytest.raises(InvalidRequest):
+        engine.stream_chat(FRANCE, GREEDY, tenant_id="")
+    assert spy.calls == []
+
+
+async def test_cache_salt_is_per_tenant_and_server_side(engine: Engine, spy: GenerateSpy) -> None:
+    for tenant in ("sales", "finance", "sales"):
+        await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id=tenant))
+    salts = [prompt["cache_salt"] for prompt, _ in spy.calls]
+    assert salts[0] == salts[2] != salts[1]
+    assert salts[0] == cache_salt(engine.settings.secret_key, "sales")
+    assert "sales" not in salts[0] and len(salts[0]) >= 32
+    assert cache_salt("another-secret", "sales") != salts[0]
+    # No way for a caller to choose the salt.
+    parameters = inspect.signature(engine.stream_chat).parameters
+    assert not [name for name in parameters if "salt" in name]
+    with pytest.raises(TypeError):
+        engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", cache_salt="x")  # type: ignore[call-arg]
+
+
+async def test_request_ids_priority_and_no_lora_passed_through(
+    engine: Engine, spy: GenerateSpy
+) -> None:
+    await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", priority=5))
+    await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", request_id="fixed-id"))
+    first, second = (kwargs for _, kwargs in spy.calls)
+    assert first["priority"] == 5 and second["priority"] == 0
+    assert second["request_id"] == "fixed-id" and first["request_id"] != "fixed-id"
+    assert first["lora_request"] is None  # not asked for
+
+
+async def test_lora_is_ignored_when_the_engine_has_no_lora(
+    engine: Engine, spy: GenerateSpy
+) -> None:
+    assert not engine.settings.enable_lora
+    await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", lora_path="/x/lora"))
+    assert spy.calls[0][1]["lora_request"] is None
+
+
+async def test_engine_failures_become_typed_errors(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.exceptions import QueueOverflowError, VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    cases = [
+        (EngineDeadError(), EngineUnavailable),
+        (QueueOverflowError(), EngineOverloaded),
+        (VLLMValidationError("bad seed", parameter="seed"), InvalidRequest),
+        (RuntimeError("boom in a kernel"), EngineUnavailable),
+    ]
+    for error, expected in cases:
+
+        async def failing(*args: Any, error: Exception = error, **kwargs: Any) -> Any:
+            raise error
+            yield  # an async generator, like the real one
+
+        monkeypatch.setattr(engine._llm, "generate", failing)  # type: ignore[attr-defined]
+        with pytest.raises(expected) as caught:
+            await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales"))
+        assert "Traceback" not in caught.value.message
+        assert "boom" not in caught.value.message  # internal details stay in the log
+    assert (await engine.status()).waiting == 0
+
+
+async def test_status_reports_the_ready_engine(engine: Engine) -> None:
+    status = await engine.status()
+    assert status.backend == "vllm" and status.ready
+    assert status.running == 0 and status.waiting == 0
