@@ -43,6 +43,8 @@ from core.vectorstore import chroma_store, default_retriever, embedding_model
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.schema import BaseNode
+    from llama_index.core.vector_stores import MetadataFilters
+    from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 log = logging.getLogger(__name__)
 
@@ -245,14 +247,7 @@ class KnowledgeService:
         return crypto.decrypt(key, tenant.id, document_id, blob)
 
     def _remove_stored(self, tenant: Tenant, document_id: str) -> None:
-        store = self._index(tenant).vector_store
-        # Look the ids up first: ChromaVectorStore.delete_nodes(filters=...) alone sends an
-        # empty id list, which Chroma 1.5 rejects.
-        node_ids = [
-            node.node_id for node in store.get_nodes(None, filters=delete_filter(document_id))
-        ]
-        if node_ids:
-            store.delete_nodes(node_ids=node_ids)
+        _delete_nodes(self._index(tenant).vector_store, delete_filter(document_id))
         self._file_path(tenant, document_id).unlink(missing_ok=True)
 
     # --- listing, deleting, re-indexing --------------------------------------------------
@@ -285,7 +280,7 @@ class KnowledgeService:
         # Everything is parsed and embedded before the store is touched: a failure above
         # leaves the old index intact. clear() also drops any orphaned vectors.
         store = self._index(tenant).vector_store
-        store.clear()
+        _delete_nodes(store, None)
         with session_scope(self._db_url) as session:
             for document_id, nodes in rebuilt:
                 if nodes:
@@ -333,6 +328,17 @@ class KnowledgeService:
             for outcome in self.ingest(tenant, files, DEMO_UPLOADER):
                 if outcome.status == "refused":
                     log.warning("demo document refused for %s: %s", tenant.id, outcome.error)
+
+
+def _delete_nodes(store: BasePydanticVectorStore, filters: MetadataFilters | None) -> None:
+    """Delete the nodes matching `filters` (all when None).
+
+    The ids are looked up first: ChromaVectorStore's delete_nodes(filters=...) and clear()
+    send an empty id list when there is nothing to match, which Chroma 1.5 rejects.
+    """
+    node_ids = [node.node_id for node in store.get_nodes(None, filters=filters)]
+    if node_ids:
+        store.delete_nodes(node_ids=node_ids)
 
 
 def _kind_of(filename: str) -> str:
