@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,16 @@ def make_user(issuer: str, groups: list[str], prefix: str = "ui") -> str:
     return sub
 
 
-def signed_in_client(base_url: str, sub: str) -> httpx.Client:
+@contextmanager
+def signed_in_client(base_url: str, sub: str) -> Iterator[httpx.Client]:
     """An HTTP client that went through the real sign-in (app -> IdP form -> callback)."""
-    client = httpx.Client(base_url=base_url, follow_redirects=True, timeout=60)
-    form = client.get("/login")
-    assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
-    done = client.post(str(form.url), data={"sub": sub})
-    assert done.status_code == 200, done.text[:500]
-    assert str(done.url).startswith(base_url), done.url
-    return client
+    with httpx.Client(base_url=base_url, follow_redirects=True, timeout=60) as client:
+        form = client.get("/login")
+        assert form.status_code == 200 and 'name="sub"' in form.text, form.text[:500]
+        done = client.post(str(form.url), data={"sub": sub})
+        assert done.status_code == 200, done.text[:500]
+        assert str(done.url).startswith(base_url), done.url
+        yield client
 
 
 def fn_index(client: httpx.Client, api_name: str) -> int:

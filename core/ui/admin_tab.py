@@ -130,7 +130,7 @@ def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
             label="Scope",
             scale=1,
         )
-        days = gr.Number(value=90, label="Expires in (days, empty: never)", precision=0, scale=1)
+        days = gr.Number(value=90, label="Valid for (days)", precision=0, scale=1)
         create_btn = gr.Button("Create key", variant="primary", scale=1)
     secret = gr.Textbox(
         label="New key (shown once)", interactive=False, buttons=["copy"], elem_id="admin-secret"

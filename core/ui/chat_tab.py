@@ -254,7 +254,7 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
             with gr.Row(elem_classes="tl-composer"):
                 textbox = gr.Textbox(
                     show_label=False,
-                    placeholder="Ask your team's assistant…",
+                    placeholder="Ask a question…",
                     scale=6,
                     lines=1,
                     max_lines=6,

@@ -1,0 +1,193 @@
+"""The browser app, tried as a person would: real Chromium, real sign-in, real engine.
+
+Screenshots of every tab (and a phone-width one) go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.audit_query import AuditFilters
+from tests.fixtures.browser import PHONE, screenshot, sign_in
+from tests.ui_helpers import app_db_url, make_user, wait_for_audit
+
+pytestmark = [pytest.mark.browser, pytest.mark.engine]
+
+ANSWER_TIMEOUT = 240_000  # ms; the shared CPU engine is slow when the machine is busy
+
+
+def _open(new_context: Any, app_server: Any, groups: list[str], viewport=None) -> tuple[Any, str]:
+    sub = make_user(app_server.issuer, groups)
+    page = new_context(viewport).new_page()
+    sign_in(page, app_server.base_url, sub)
+    return page, sub
+
+
+def _choose_team(page: Any, name: str) -> None:
+    page.locator("#team-select input").click()
+    page.get_by_role("option", name=name).click()
+    page.locator("#team-select input").blur()
+    page.wait_for_function(
+        "n => document.querySelector('#team-select input').value === n", arg=name
+    )
+
+
+def _ask(page: Any, question: str) -> None:
+    page.locator("#chat-input textarea").fill(question)
+    page.locator("#chat-input textarea").press("Enter")
+
+
+BUSY = "() => { const t = document.querySelector('#chatbot [data-testid=status-tracker]');"
+IDLE_JS = BUSY + " return t && t.classList.contains('hide'); }"
+STREAMING_JS = (
+    BUSY + " const b = [...document.querySelectorAll('#chatbot [data-testid=bot]')];"
+    " const a = b.length ? b[0].innerText.trim() : '';"
+    " return t && !t.classList.contains('hide') && a.length > 3 && !a.startsWith('…'); }"
+)
+
+
+def _chat_text(page: Any) -> str:
+    return page.locator("#chatbot").inner_text()
+
+
+def _wait_streaming(page: Any) -> None:
+    """Wait until answer text is arriving (and the turn is still running)."""
+    page.wait_for_function(STREAMING_JS, timeout=ANSWER_TIMEOUT)
+
+
+def _wait_answer_done(page: Any) -> None:
+    page.locator("#chatbot").get_by_text("Sources (").last.wait_for(timeout=ANSWER_TIMEOUT)
+    page.wait_for_function(IDLE_JS, timeout=ANSWER_TIMEOUT)
+
+
+def _open_sources(page: Any) -> str:
+    title = page.locator("#chatbot").get_by_text("Sources (").last
+    title.click()
+    return page.locator("#chatbot [data-testid=bot]").last.inner_text()
+
+
+def test_sign_in_chat_streams_with_sources(new_context, app_server) -> None:
+    page, sub = _open(new_context, app_server, ["sales"])
+    assert sub in page.locator("#tl-user").inner_text()
+    assert "Sign out" in page.locator("#tl-signout").inner_text()
+    _ask(page, "What does the sales playbook say about discounts?")
+    # Streaming: part of the answer is on the page while the turn is still running.
+    _wait_streaming(page)
+    partial = _chat_text(page)
+    _wait_answer_done(page)
+    final = _chat_text(page)
+    assert final != partial
+    assert "Sources (none)" not in final  # the demo documents match this question
+    assert "Sources (" in final
+    shown = _open_sources(page)
+    assert ".md" in shown or ".txt" in shown or ".pdf" in shown, shown
+    screenshot(page, "chat")
+    saved = page.locator("#conv-list label")
+    assert saved.count() == 1
+
+
+def test_stop_really_stops_generation(new_context, app_server) -> None:
+    page, sub = _open(new_context, app_server, ["development"])
+    _ask(page, "Write a very long and detailed essay about every tool the team uses.")
+    _wait_streaming(page)
+    page.locator("#stop").click()
+    cancelled = wait_for_audit(
+        app_db_url(app_server.data_dir),
+        AuditFilters(user=sub, action="chat", outcome="cancelled"),
+        deadline_s=120,
+    )
+    assert len(cancelled) == 1, "Stop did not cancel the engine request"
+    # The partial answer is saved and marked as stopped.
+    page.reload()
+    page.locator("#tl-user").wait_for()
+    page.locator("#conv-list label").first.click()
+    page.locator("#chatbot").get_by_text("(stopped)").wait_for()
+
+
+def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> None:
+    page, sub = _open(new_context, app_server, ["finance-editors"])
+    tag = uuid.uuid4().hex[:6]
+    folder = Path(tempfile.mkdtemp())
+    good = folder / f"falcon-budget-{tag}.md"
+    good.write_text(
+        "# Project Falcon budget\n\nThe Project Falcon budget for the next year is "
+        "4.2 million euros, approved by the finance committee in March.\n"
+    )
+    bad = folder / f"broken-{tag}.pdf"
+    bad.write_bytes(b"this is not a PDF at all\x00\x01")
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#docs-upload input[type=file]").set_input_files([str(good), str(bad)])
+    page.locator("#docs-upload-btn").click()
+    outcomes = page.locator("#docs-outcomes")
+    outcomes.get_by_text(bad.name).wait_for(timeout=ANSWER_TIMEOUT)
+    rows = outcomes.locator("tbody tr")
+    texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+    good_row = next(t for t in texts if good.name in t)
+    bad_row = next(t for t in texts if bad.name in t)
+    assert "indexed" in good_row
+    assert "refused" in bad_row
+    page.locator("#docs-table").get_by_text(good.name).wait_for()
+    screenshot(page, "documents")
+    # The uploads are gone from Gradio's temp folder (it is served to any signed-in user).
+    assert not glob.glob(f"{tempfile.gettempdir()}/gradio/**/{good.name}", recursive=True)
+    page.get_by_role("tab", name="Chat").click()
+    _ask(page, "What is the Project Falcon budget?")
+    _wait_answer_done(page)
+    assert good.name in _open_sources(page)
+
+
+def test_member_does_not_see_audit_or_admin_tabs(new_context, app_server) -> None:
+    page, _ = _open(new_context, app_server, ["sales"])
+    page.get_by_role("tab", name="Documents").wait_for()
+    assert page.get_by_role("tab", name="Audit").count() == 0
+    assert page.get_by_role("tab", name="Admin").count() == 0
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#docs-note").get_by_text("editors add documents").wait_for()
+    assert not page.locator("#docs-upload").is_visible()
+
+
+def test_auditor_sees_audit_dashboard(new_context, app_server) -> None:
+    page, _ = _open(new_context, app_server, ["auditors"])
+    assert page.get_by_role("tab", name="Admin").count() == 0
+    page.get_by_role("tab", name="Audit").click()
+    page.locator("#audit-chain").get_by_text("Audit chain intact").wait_for(timeout=60_000)
+    page.locator("#audit-table tbody tr").first.wait_for()
+    screenshot(page, "audit", full_page=True)
+
+
+def test_admin_sees_admin_tab(new_context, app_server) -> None:
+    page, _ = _open(new_context, app_server, ["admins"])
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#admin-engine").get_by_text("Engine").wait_for(timeout=60_000)
+    screenshot(page, "admin", full_page=True)
+
+
+def test_conversations_isolated_between_teams_and_users(new_context, app_server) -> None:
+    page, _ = _open(new_context, app_server, ["sales", "finance"])
+    _choose_team(page, "Sales")
+    marker = f"isolation check {uuid.uuid4().hex[:6]}"
+    _ask(page, marker)
+    _wait_answer_done(page)
+    page.locator("#conv-list").get_by_text(marker).wait_for()
+    _choose_team(page, "Finance")
+    page.wait_for_function(
+        "m => !document.querySelector('#conv-list').innerText.includes(m)", arg=marker
+    )
+    assert page.locator("#chatbot").get_by_text(marker).count() == 0
+    other, _ = _open(new_context, app_server, ["sales"])
+    _choose_team(other, "Sales")
+    assert other.locator("#conv-list").get_by_text(marker).count() == 0
+
+
+def test_phone_width_is_readable(new_context, app_server) -> None:
+    page, sub = _open(new_context, app_server, ["sales"], viewport=PHONE)
+    page.locator("#chat-input textarea").wait_for()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"] + 1, "the page scrolls sideways on a phone"
+    screenshot(page, "phone-chat", full_page=True)
