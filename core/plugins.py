@@ -16,7 +16,6 @@ import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable
-from types import ModuleType
 
 import pluggy
 
@@ -39,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 
 pm = pluggy.PluginManager("tenantllm")
 pm.add_hookspecs(hookspecs)
+_packages: dict[str, str] = {}  # entry-point name -> "dist==version"
 
 
 def _register(plugin: object, name: str) -> None:
@@ -84,6 +84,8 @@ def _load_entry_points(allowed: list[str]) -> None:
         if pm.has_plugin(name):
             continue
         _register(_import_plugin(name, ep.load), name)
+        if ep.dist is not None:
+            _packages[name] = f"{ep.dist.name}=={ep.dist.version}"
     for name in sorted(set(found) - set(allowed)):
         log.info("tenant plugin %r is installed but not allowed; not loaded", name)
 
@@ -106,19 +108,16 @@ def plugin_name(plugin: object) -> str:
 
 def plugin_package(name: str) -> str:
     """`dist==version` of the package that provides plugin `name` ("built-in" for ours)."""
-    plugin = pm.get_plugin(name)
-    for registered, dist in pm.list_plugin_distinfo():
-        if registered is plugin:
-            return f"{dist.project_name}=={dist.version}"
-    if isinstance(plugin, ModuleType) and name in BUILTIN_PLUGINS:
+    if name in BUILTIN_PLUGINS:
         return "built-in"
-    return "unknown"
+    return _packages.get(name, "unknown")
 
 
 def _collect_tenants() -> list[Tenant]:
     tenants: dict[str, Tenant] = {}
-    # Each implementation is called on its own so every tenant is attributed to its plugin.
-    for impl in reversed(pm.hook.tenantllm_register_tenants.get_hookimpls()):
+    # Each implementation is called on its own so every tenant is attributed to its plugin,
+    # in registration order: built-ins first, so a later plugin reusing their id is blamed.
+    for impl in pm.hook.tenantllm_register_tenants.get_hookimpls():
         name = impl.plugin_name
 
         def register(tenant: Tenant, _plugin: str = name) -> None:

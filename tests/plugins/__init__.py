@@ -1,0 +1,1 @@
+"""Real test plugins: modules loaded by name, and an installable package (tenantllm_acme)."""
