@@ -262,3 +262,18 @@ def test_db_upgrade_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "newest migration" in result.output
     url = f"sqlite:///{(tmp_path / 'tenantllm.db').resolve()}"
     assert scalar(url, "SELECT count(*) FROM audit_events") == 0
+
+
+def test_cli_database_down_is_one_clear_line_and_the_view_is_kept(tmp_path: Path) -> None:
+    from tests.fixtures.common import free_port
+
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    env = {"TENANTLLM_DATA_DIR": str(tmp_path), "TENANTLLM_DATABASE_URL": down}
+    result = CliRunner().invoke(main, ["audit", "list"], env=env, catch_exceptions=False)
+    assert result.exit_code == 1 and "unavailable" in result.stderr
+    assert "Traceback" not in result.output
+    # The refused view was spooled; the next command (database back) stores it.
+    assert _cli(tmp_path, "audit", "list", "--action", "audit_view").exit_code == 0
+    url = f"sqlite:///{(tmp_path / 'tenantllm.db').resolve()}"
+    outcomes = scalar(url, "SELECT group_concat(outcome) FROM audit_events")
+    assert sorted(outcomes.split(",")) == ["error", "ok"]

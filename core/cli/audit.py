@@ -11,16 +11,21 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import audit_query
 from core.audit import AuditEvent, AuditFilters, Auditor
 from core.cli.base import main, user_errors
 from core.config import load_settings
 from core.db import upgrade_database
+from core.errors import ConfigError
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -78,12 +83,10 @@ def _filters(params: dict[str, Any]) -> AuditFilters:
     )
 
 
-def _open_auditor() -> Auditor:
-    settings = load_settings()
-    upgrade_database(settings.resolved_database_url)
-    auditor = Auditor(settings)
-    auditor.flush()  # replays what a dead process left in the spool, so reads are complete
-    return auditor
+def _unavailable(url: str, exc: Exception) -> ConfigError:
+    shown = make_url(url).render_as_string(hide_password=True)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return ConfigError(f"The audit database at {shown} is unavailable: {first_line}")
 
 
 def _record_view(auditor: Auditor, what: str, filters: AuditFilters | None, ok: bool) -> None:
@@ -100,6 +103,23 @@ def _record_view(auditor: Auditor, what: str, filters: AuditFilters | None, ok: 
     )
 
 
+@contextmanager
+def _viewing(what: str, filters: AuditFilters | None) -> Iterator[Auditor]:
+    """An auditor for one CLI read; the read is audited (`audit_view`) however it ends."""
+    auditor = Auditor(load_settings())
+    ok = False
+    try:
+        upgrade_database(auditor.database_url)
+        auditor.flush()  # replays what a dead process left in the spool, so reads are complete
+        yield auditor
+        ok = True
+    except SQLAlchemyError as exc:
+        raise _unavailable(auditor.database_url, exc) from None
+    finally:
+        _record_view(auditor, what, filters, ok)
+        auditor.close()  # stores the view event, or spools it while the database is down
+
+
 @main.group()
 def audit() -> None:
     """Read, export and verify the audit log."""
@@ -110,12 +130,8 @@ def audit() -> None:
 @user_errors
 def verify(expect_head: str | None) -> None:
     """Check the hash chain; exit 1 naming the first bad event. Prints the head hash."""
-    auditor = _open_auditor()
-    try:
+    with _viewing("verify", None) as auditor:
         report = auditor.verify(expect_head)
-        _record_view(auditor, "verify", None, report.ok)
-    finally:
-        auditor.close()
     click.echo(f"head seq {report.head_seq} hash {report.head_hash}")
     if not report.ok:
         click.echo(f"error: {report.message}", err=True)
@@ -142,12 +158,8 @@ def _line(record: audit_query.AuditRecord) -> str:
 def list_events(limit: int, page: int, as_json: bool, **params: Any) -> None:
     """Show events, newest first."""
     filters = _filters(params)
-    auditor = _open_auditor()
-    try:
+    with _viewing("list", filters) as auditor:
         result = auditor.query(filters, page, limit)
-        _record_view(auditor, "list", filters, True)
-    finally:
-        auditor.close()
     for record in result.rows:
         click.echo(json.dumps(record.as_json()) if as_json else _line(record))
     if not as_json:
@@ -162,8 +174,7 @@ def list_events(limit: int, page: int, as_json: bool, **params: Any) -> None:
 def export(as_csv: bool, output: str | None, **params: Any) -> None:
     """Export matching events as CSV, oldest first."""
     filters = _filters(params)
-    auditor = _open_auditor()
-    try:
+    with _viewing("export", filters) as auditor:
         if output is None:
             count = audit_query.write_csv(auditor.database_url, filters, sys.stdout)
         else:
@@ -171,7 +182,4 @@ def export(as_csv: bool, output: str | None, **params: Any) -> None:
             fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with open(fd, "w", encoding="utf-8", newline="") as stream:
                 count = audit_query.write_csv(auditor.database_url, filters, stream)
-        _record_view(auditor, "export", filters, True)
-    finally:
-        auditor.close()
     click.echo(f"exported {count} events", err=True)
