@@ -69,7 +69,7 @@ class IdentityProvider:
         self.audience = audience or client_id
         self._metadata: dict[str, Any] | None = None
         self._jwks: KeySet | None = None
-        self._jwks_fetched = 0.0
+        self._last_forced = float("-inf")
         self._lock = threading.Lock()
         self.jwks_fetches = 0  # observable for tests of the rotation logic
 
@@ -98,12 +98,16 @@ class IdentityProvider:
     def jwks(self, force: bool = False) -> KeySet:
         """The IdP's signing keys; `force` refetches (at most every few seconds)."""
         with self._lock:
-            recent = time.monotonic() - self._jwks_fetched < JWKS_REFETCH_MIN_SECONDS
-            if self._jwks is None or (force and not recent):
+            # Forced refetches (unknown kid) are rate-limited, so a stream of tokens with
+            # made-up kids cannot turn us into a flood against the IdP.
+            now = time.monotonic()
+            may_force = now - self._last_forced >= JWKS_REFETCH_MIN_SECONDS
+            if self._jwks is None or (force and may_force):
                 data = self._get_json(str(self.metadata()["jwks_uri"]))
                 self._jwks = KeySet.import_key_set(data)  # type: ignore[arg-type]
-                self._jwks_fetched = time.monotonic()
                 self.jwks_fetches += 1
+                if force:
+                    self._last_forced = now
             return self._jwks
 
     def verify_jwt(self, token: str) -> dict[str, Any]:

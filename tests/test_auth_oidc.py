@@ -73,3 +73,97 @@ async def test_untrusted_host_is_refused(tmp_path: Path, oidc_issuer: str) -> No
         transport=httpx.ASGITransport(app=app), base_url="http://evil.example"
     ) as client:
         assert (await client.get("/login")).status_code == 400
+
+
+# --- bearer access tokens ------------------------------------------------------------------
+
+
+def _password_less_token(issuer: str, user: str) -> str:
+    """An access token from the real provider (code flow without the app, for API tests)."""
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    params = {
+        "client_id": "tenantllm",
+        "response_type": "code",
+        "scope": "openid email",
+        "redirect_uri": "http://127.0.0.1/cb",
+        "nonce": "n",
+        "state": "s",
+        "code_challenge": challenge.decode(),
+        "code_challenge_method": "S256",
+    }
+    url = str(httpx.URL(f"{issuer}/oauth2/authorize", params=params))
+    answer = httpx.post(url, data={"sub": user}, follow_redirects=False)
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    token = httpx.post(
+        f"{issuer}/oauth2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": "http://127.0.0.1/cb",
+        },
+        auth=("tenantllm", "tenantllm-secret"),
+    )
+    token.raise_for_status()
+    return str(token.json()["access_token"])
+
+
+async def test_opaque_access_token_via_userinfo(tmp_path: Path, oidc_issuer: str) -> None:
+    # oidc-provider-mock's access tokens are opaque: they are checked at its userinfo endpoint.
+    app, services = build_auth_app(make_auth_settings(tmp_path, oidc_issuer))
+    token = _password_less_token(oidc_issuer, "dave")
+    async with app_client(app) as client:
+        me = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert me.json()["tenant_roles"] == {"development": "editor"}
+        httpx.post(f"{oidc_issuer}/users/dave/revoke-tokens").raise_for_status()
+        app.state.auth._userinfo_cache.clear()  # what the 60 s cache expiry does
+        refused = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401
+
+
+async def test_jwt_access_tokens(tmp_path: Path, fake_idp) -> None:
+    import time
+
+    from joserfc.jwk import RSAKey
+
+    app, services = build_auth_app(make_auth_settings(tmp_path, fake_idp.url))
+    now = int(time.time())
+    good = fake_idp.claims(None, groups=["finance-editors"])
+    cases = {
+        "good": (fake_idp.sign(good), 200),
+        "wrong_aud": (fake_idp.sign({**good, "aud": "other-api"}), 401),
+        "wrong_iss": (fake_idp.sign({**good, "iss": "http://evil"}), 401),
+        "expired": (fake_idp.sign({**good, "exp": now - 600}), 401),
+        "other_key": (
+            fake_idp.sign(
+                good, RSAKey.generate_key(2048, parameters={"kid": "key-1"}, private=True)
+            ),
+            401,
+        ),
+    }
+    async with app_client(app) as client:
+        for name, (token, status) in cases.items():
+            answer = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == status, name
+            if status == 200:
+                assert answer.json()["tenant_roles"] == {"finance": "editor"}
+        # A rotated key is fetched once; an unknown kid costs one refetch, then is refused.
+        fetches = app.state.auth.idp.jwks_fetches
+        rotated = RSAKey.generate_key(2048, parameters={"kid": "key-2"}, private=True)
+        fake_idp.published = [fake_idp.signing_key, rotated]
+        ok = await client.get(
+            "/v1/whoami", headers={"Authorization": f"Bearer {fake_idp.sign(good, rotated)}"}
+        )
+        assert ok.status_code == 200 and app.state.auth.idp.jwks_fetches == fetches + 1
+        # Right after that refetch, a made-up kid is refused without hitting the IdP again.
+        stranger = RSAKey.generate_key(2048, parameters={"kid": "key-x"}, private=True)
+        bad = await client.get(
+            "/v1/whoami", headers={"Authorization": f"Bearer {fake_idp.sign(good, stranger)}"}
+        )
+        assert bad.status_code == 401 and app.state.auth.idp.jwks_fetches == fetches + 1
+    assert services.auditor.actions("denied").count("bearer_auth") == 5
