@@ -121,7 +121,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
             return fmt_num(v)
         return str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -232,10 +232,21 @@ def tree_memory(pids: Iterable[int]) -> dict[str, float]:
 
 
 def new_children(before: set[int]) -> list[int]:
-    """Direct children of this process that were not in `before` (an engine's core process)."""
+    """Direct children of this process that were not in `before` (an engine's core process).
+
+    multiprocessing's resource tracker is left out: it is shared by every engine started
+    later and is not an engine.
+    """
     import psutil
 
-    return [p.pid for p in psutil.Process().children() if p.pid not in before]
+    found = []
+    for p in psutil.Process().children():
+        try:
+            if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline()):
+                found.append(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def child_pids() -> set[int]:
@@ -318,13 +329,22 @@ def machine_info() -> dict[str, Any]:
 # --- run context -------------------------------------------------------------------------
 @dataclass
 class BenchContext:
-    """What every benchmark gets: quick mode, a scratch dir, the model folder, a seed."""
+    """What every benchmark gets: quick mode, scratch and output dirs, the model, a seed, one
+    event loop for the whole run, and the product's engine (started once, shared).
+
+    One loop for the whole run because vLLM's `AsyncLLM` binds its output handler to the loop
+    of its first request: the engine can then serve every benchmark without a restart.
+    """
 
     quick: bool
     work_dir: Path
     out_dir: Path
     model_dir: Path | None = None
     seed: int = 1234
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    engine_pids: list[int] = field(default_factory=list)
+    engine_start_s: float = 0.0
+    _engine: Any = None
 
     def scale(self, full: int, quick: int) -> int:
         """`full` in a full run, `quick` with --quick (tiny sizes for development)."""
@@ -335,6 +355,41 @@ class BenchContext:
         path = self.work_dir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        """Run a coroutine on the run's event loop."""
+        return self.loop.run_until_complete(coro)
+
+    def settings(self, name: str, **overrides: Any) -> Any:
+        """Product settings on a scratch data dir, serving the bundled model."""
+        from core.config import Settings
+
+        return Settings(data_dir=self.subdir(name), model=str(self.model_dir), **overrides)
+
+    def engine(self) -> Any:
+        """The product's engine (`core.engine.create_engine`), started on first use."""
+        if self._engine is None:
+            from core.engine import create_engine
+
+            engine = create_engine(self.settings("engine"))
+            before = child_pids()
+            started = time.monotonic()
+            self.run(engine.start())
+            self.engine_start_s = time.monotonic() - started
+            self.engine_pids = new_children(before)
+            self._engine = engine
+        return self._engine
+
+    def raw_llm(self) -> Any:
+        """The `AsyncLLM` inside the product's engine, to drive it directly as a baseline."""
+        return self.engine()._llm
+
+    def close(self) -> None:
+        """Stop the engine and close the loop."""
+        if self._engine is not None:
+            self.run(self._engine.stop())
+            self._engine = None
+        self.loop.close()
 
 
 def tree_cpu_seconds(pids: Iterable[int]) -> float:

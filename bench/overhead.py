@@ -18,7 +18,6 @@ concurrency level, so slow drift of the machine hits both alike.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -326,23 +325,17 @@ async def _measure(ctx: BenchContext, app: AppProcess, llm: Any) -> dict[str, An
 
 def run(ctx: BenchContext) -> BenchResult:
     """Raw AsyncLLM vs the full HTTP chat turn at concurrency 1, 4 and 16."""
-    from core.config import Settings
-
     result = BenchResult("overhead", "1. Overhead of the product over raw vLLM")
     assert ctx.model_dir is not None
-    work = ctx.subdir("overhead")
-    app = AppProcess(work, ctx.model_dir)
+    app = AppProcess(ctx.subdir("overhead"), ctx.model_dir)
+    # The app first: its start embeds demo documents and starts its engine, on 2 cores.
     app_start = app.start()
-    llm = None
     try:
-        started = time.monotonic()
-        llm = build_raw_engine(Settings(data_dir=work / "raw", model=str(ctx.model_dir)))
-        raw_start = time.monotonic() - started
-        measured = asyncio.run(_measure(ctx, app, llm))
+        llm = ctx.raw_llm()
+        measured = ctx.run(_measure(ctx, app, llm))
     finally:
-        if llm is not None:
-            shutdown_engine(llm)
         app.stop()
+    raw_start = ctx.engine_start_s
     rows, data = [], {}
     for conc in (1, 4, 16):
         raw_s = _summary(measured["runs"]["raw"][conc])

@@ -47,6 +47,9 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
+_ENV_AT_START: dict[str, str] = {}
+
+
 def _env() -> None:
     # Nothing may be downloaded at run time; tokenizers' own threads fight the engine for CPU.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +57,8 @@ def _env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    prefixes = ("VLLM_", "OMP_", "TENANTLLM_", "HF_HUB_OFFLINE", "TOKENIZERS_")
+    _ENV_AT_START.update({k: v for k, v in os.environ.items() if k.startswith(prefixes)})
 
 
 def _model_dir() -> Path:
@@ -133,6 +138,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _settings_record(keys: list[str], ctx: BenchContext) -> dict[str, Any]:
+    """What the numbers depend on: the benchmarks run, the seed, the engine settings."""
+    from core.config import Settings
+
+    engine_fields = (
+        "engine_backend",
+        "max_model_len",
+        "kv_cache_gib",
+        "max_num_seqs",
+        "enforce_eager",
+        "tenant_max_concurrency",
+        "audit_flush_interval_ms",
+        "top_k",
+        "chunk_size",
+        "chunk_overlap",
+    )
+    defaults = Settings(data_dir=ctx.work_dir, model=str(ctx.model_dir))
+    return {
+        "benchmarks": keys,
+        "quick": ctx.quick,
+        "seed": ctx.seed,
+        "model_dir": str(ctx.model_dir),
+        "product_settings": {f: getattr(defaults, f) for f in engine_fields},
+        "env_at_start": _ENV_AT_START,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks and write the report; exit 1 if one failed to run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -156,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = [_run_one(key, ctx) for key in keys]
     finally:
+        ctx.close()
         shutil.rmtree(work_dir, ignore_errors=True)
     report = {
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": time.perf_counter() - started,
         "quick": args.quick,
         "machine": machine,
-        "settings": {"benchmarks": keys, "seed": ctx.seed, "model_dir": str(ctx.model_dir)},
+        "settings": _settings_record(keys, ctx),
         "targets": [t for r in results for t in r.targets],
         "benchmarks": {
             r.key: {
