@@ -105,3 +105,69 @@ async def test_api_keys_through_bearer(tmp_path: Path, oidc_issuer: str) -> None
         for tenant in (OWN, OTHER, None):
             allowed = {a for a in ACTIONS if _allowed(principal, tenant, a)}
             assert allowed == EXPECTED[f"key-{role}"][tenant]
+
+
+# --- the group mapping file ------------------------------------------------------------------
+
+
+def _mapping(tmp_path: Path, body: str):
+    from core.config import Settings
+    from core.group_mapping import GroupMapping
+
+    path = tmp_path / "mapping.yaml"
+    path.write_text(body)
+    return path, GroupMapping(Settings(data_dir=tmp_path, group_mapping_file=path))
+
+
+def test_default_mapping_and_strongest_role(tmp_path: Path) -> None:
+    from core.config import Settings
+    from core.group_mapping import GroupMapping
+
+    mapping = GroupMapping(Settings(data_dir=tmp_path))  # assets/group_mapping.yaml
+    assert mapping.resolve(["sales", "sales-editors", "auditors", "made-up"]) == (
+        {"sales": "editor"},
+        frozenset({"auditor"}),
+    )
+    assert mapping.resolve(["SALES", "sales ", "admin"]) == ({}, frozenset())
+    assert ("admins", None, "admin") in {(r.group, r.tenant, r.role) for r in mapping.rules()}
+
+
+def test_mapping_is_reread_when_the_file_changes(tmp_path: Path) -> None:
+    path, mapping = _mapping(tmp_path, "groups:\n  g: {tenants: {sales: member}}\n")
+    assert mapping.resolve(["g"])[0] == {"sales": "member"}
+    path.write_text("groups:\n  g: {tenants: {finance: editor}}\n  h: {global: [auditor]}\n")
+    assert mapping.resolve(["g", "h"]) == ({"finance": "editor"}, frozenset({"auditor"}))
+
+
+def test_broken_file_keeps_the_previous_mapping(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+
+    path, mapping = _mapping(tmp_path, "groups:\n  g: {tenants: {sales: member}}\n")
+    path.write_text("groups:\n  g: {tenants: {sales: owner}}\n")  # not a role
+    assert mapping.resolve(["g"])[0] == {"sales": "member"}
+    path.write_text("groups: [unclosed\n")
+    assert mapping.resolve(["g"])[0] == {"sales": "member"}
+    with pytest.raises(ConfigError, match="owner"):
+        _mapping(tmp_path, "groups:\n  g: {tenants: {sales: owner}}\n")
+    with pytest.raises(ConfigError, match="global role"):
+        _mapping(tmp_path, "groups:\n  g: {global: [root]}\n")
+
+
+def test_sighup_rereads_the_mapping(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    path, mapping = _mapping(tmp_path, "groups:\n  g: {tenants: {sales: member}}\n")
+    stat = path.stat()
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        assert mapping.install_sighup()
+        # Same size, same mtime: a change the file check cannot see ...
+        path.write_text("groups:\n  g: {tenants: {sales: editor}}\n")
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert mapping.resolve(["g"])[0] == {"sales": "member"}
+        # ... is picked up on SIGHUP.
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert mapping.resolve(["g"])[0] == {"sales": "editor"}
+    finally:
+        signal.signal(signal.SIGHUP, previous)
