@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import hashlib
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 Outcome = Literal["ok", "denied", "error", "rate_limited", "cancelled"]
 DETAIL_MAX = 2000
 PROMPT_MAX = 100_000
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass
@@ -76,14 +78,24 @@ class AuditEvent:
 
 
 def _text(value: Any, limit: int) -> str | None:
-    return None if value is None else str(value)[:limit]
+    # A value one backend refuses (NUL in PostgreSQL text, a lone surrogate in UTF-8) would
+    # make its whole batch fail forever; clean it here, before it is hashed.
+    if value is None:
+        return None
+    text = str(value)[:limit]
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _number(value: Any, kind: type[int] | type[float]) -> Any:
     try:
-        return kind(value)
+        number = kind(value)
     except (TypeError, ValueError, OverflowError):
         return kind(0)
+    if kind is float:
+        return number if math.isfinite(number) else 0.0  # SQLite stores NaN as NULL
+    return max(INT_MIN, min(INT_MAX, number))  # the columns are 32-bit integers
 
 
 def to_payload(event: AuditEvent, keep_prompt_text: bool) -> dict[str, Any]:
@@ -110,8 +122,8 @@ def to_payload(event: AuditEvent, keep_prompt_text: bool) -> dict[str, Any]:
         latency_ms=round(_number(event.latency_ms, float), 3),
         tokens_in=_number(event.tokens_in, int),
         tokens_out=_number(event.tokens_out, int),
-        document_ids=[str(d) for d in event.document_ids or ()],
-        flags=[str(f) for f in event.flags or ()],
+        document_ids=[_text(d, 255) for d in event.document_ids or ()],
+        flags=[_text(f, 255) for f in event.flags or ()],
         prompt_text=_text(prompt, PROMPT_MAX) if keep_prompt_text else None,
         detail=_text(event.detail, DETAIL_MAX),
     )

@@ -123,6 +123,9 @@ class AuditWriter:
 
     def stop(self, timeout: float = 120.0) -> None:
         """Flush, then end the thread and release the spool file."""
+        if self._thread is None and not self.queue:  # never used: nothing to do
+            self.spool.close()
+            return
         self.flush(timeout)
         self._stopping = True
         self._wake.set()

@@ -152,3 +152,14 @@ class Load:
         for thread in self.threads:
             thread.join()
         return sum(self.counts)
+
+
+def hostile_events() -> list[AuditEvent]:
+    """Values a backend might refuse; each must be stored (cleaned) without blocking the log."""
+    return [
+        AuditEvent(action="chat", outcome="ok", latency_ms=float("nan"), tokens_in=10**30),
+        AuditEvent(action="chat", outcome="ok", latency_ms=float("inf"), tokens_out=-(10**20)),
+        AuditEvent(action="chat", outcome="ok", user_agent="bad\x00agent", detail="a\x00b"),
+        AuditEvent(action="chat", outcome="ok", user_sub="\ud800lone", flags=["x\udfff"]),
+        AuditEvent(action="ch\x00at", outcome="ok", document_ids=["d" * 1000]),
+    ]

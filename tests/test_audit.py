@@ -17,6 +17,7 @@ from core.cli import main
 from core.db import upgrade_database
 from tests.audit_helpers import (
     event,
+    hostile_events,
     record_concurrently,
     run_writer_process,
     scalar,
@@ -90,6 +91,16 @@ def test_record_never_raises_on_odd_values(auditor: Auditor, url: str) -> None:
     auditor.flush()
     assert scalar(url, "SELECT count(*) FROM audit_events") == 1
     assert scalar(url, "SELECT length(user_agent) FROM audit_events") == 512
+    assert auditor.verify().ok
+
+
+def test_values_a_backend_refuses_are_cleaned_not_blocking(auditor: Auditor, url: str) -> None:
+    for odd in hostile_events():
+        auditor.record(odd)
+    auditor.record(event(1))
+    auditor.flush()
+    assert auditor.spooled == 0
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 6
     assert auditor.verify().ok
 
 

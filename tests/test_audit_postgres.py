@@ -17,6 +17,7 @@ from tests.audit_helpers import (
     PG_ADMIN,
     Load,
     event,
+    hostile_events,
     pg_database,
     record_concurrently,
     run_writer_process,
@@ -112,3 +113,13 @@ def test_queries_never_cross_tenants(auditor: Auditor) -> None:
     assert {b.tenant_id for b in buckets} == {"finance"} and sum(b.count for b in buckets) == 20
     denied = auditor.denied_and_rate_limited(AuditFilters(tenant_id="finance"))
     assert [(d.tenant_id, d.outcome, d.count) for d in denied] == [("finance", "denied", 20)]
+
+
+def test_values_postgres_refuses_are_cleaned_not_blocking(auditor: Auditor, url: str) -> None:
+    for odd in hostile_events():
+        auditor.record(odd)
+    auditor.record(event(1))
+    auditor.flush()
+    assert auditor.spooled == 0
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 6
+    assert auditor.verify().ok
