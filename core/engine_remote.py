@@ -179,6 +179,8 @@ class RemoteEngine(Engine):
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
     ) -> dict[str, Any]:
         extra: dict[str, Any] = {"cache_salt": request.cache_salt}
+        if params.ignore_eos:
+            extra["ignore_eos"] = True
         if request.priority:  # non-zero needs a server started with priority scheduling
             extra["priority"] = request.priority
         model = self._served

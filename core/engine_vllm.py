@@ -226,6 +226,7 @@ def _engine_input(
         top_p=params.top_p,
         stop=list(params.stop) or None,
         seed=params.seed,
+        ignore_eos=params.ignore_eos,
         output_kind=RequestOutputKind.CUMULATIVE,
     )
     engine_input = tokens_input(
