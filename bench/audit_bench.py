@@ -5,7 +5,8 @@
 Sustained rate: N events recorded by T threads as fast as they can, until the writer has
 stored all of them (`flush()` returned) -> events / elapsed seconds. Request path: the time
 spent inside `Auditor.record()` for each call (p50/p99), which is all a request pays.
-The chain is verified at the end, so the numbers are for correct, complete writes.
+The chain is verified at the end (its speed is reported too), so the numbers are for
+correct, complete writes.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def run(url: str, data_dir: Path, events: int, threads: int) -> dict[str, float]
     recorded = time.perf_counter()
     auditor.flush()
     elapsed = time.perf_counter() - started
+    verify_started = time.perf_counter()
     report = auditor.verify()
+    verify_s = time.perf_counter() - verify_started
     auditor.close()
     assert report.ok and report.checked == per * threads, report.message
     latencies = sorted(x for s in samples for x in s)
@@ -87,6 +90,7 @@ def run(url: str, data_dir: Path, events: int, threads: int) -> dict[str, float]
         "total_s": round(elapsed, 3),
         "record_p50_us": round(statistics.median(latencies) / 1000, 2),
         "record_p99_us": round(latencies[int(len(latencies) * 0.99)] / 1000, 2),
+        "verify_events_per_s": round(report.checked / verify_s, 1),
     }
 
 

@@ -38,12 +38,16 @@ def format_time(value: datetime) -> str:
     """The canonical text of an event time (UTC, microseconds; naive means UTC)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime(TIME_FORMAT)
+    # Same text as strftime(TIME_FORMAT), several times faster (verify formats every row).
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return text + "Z"
 
 
 def parse_time(text: str) -> datetime:
     """Inverse of `format_time`: an aware UTC datetime."""
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    if not text.endswith("Z"):
+        raise ValueError(f"not a canonical event time: {text!r}")
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
 
 
 def dump_list(values: Iterable[str]) -> str:
