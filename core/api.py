@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from core.api_errors import OpenAIRoute
+from core.api_errors import OpenAIRoute, audit_refusal
 from core.api_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -69,9 +69,11 @@ async def current_principal(
 ) -> Principal:
     """The principal named by the bearer credential (401 without a valid one)."""
     if credentials is None or not credentials.credentials:
-        raise NotAuthenticated(
+        err = NotAuthenticated(
             "Missing credential: send 'Authorization: Bearer <API key or access token>'."
         )
+        audit_refusal(request, err)
+        raise err
     # Key lookups hit the database and JWT checks may fetch the IdP's keys: not on the loop.
     principal = await run_in_threadpool(principal_from_bearer, credentials.credentials)
     request.state.principal = principal  # for auditing refusals that happen after this

@@ -73,7 +73,7 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
 
 
 def audit_refusal(request: Request, err: TenantLLMError) -> None:
-    """Audit a call refused before a chat turn could audit it (bad credential or body)."""
+    """Audit a call refused before the chat turn could (no credential, invalid body)."""
     services = getattr(request.app.state, "services", None)
     if services is None:
         return
@@ -97,8 +97,8 @@ def audit_refusal(request: Request, err: TenantLLMError) -> None:
 class OpenAIRoute(APIRoute):
     """A route whose failures are answered in the OpenAI error shape.
 
-    Failures before the chat turn (a missing/invalid credential, an invalid body) are audited
-    here; the chat turn audits its own refusals and outcomes.
+    Invalid bodies are audited here; a refused bearer credential is audited by core.bearer,
+    a missing one by `current_principal`, the chat turn audits its own refusals and outcomes.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -113,10 +113,7 @@ class OpenAIRoute(APIRoute):
                 err = InvalidRequest(message)
                 audit_refusal(request, err)
                 return error_response(err, param)
-            except NotAuthenticated as exc:
-                audit_refusal(request, exc)
-                return error_response(exc)
-            except TenantLLMError as exc:  # already audited by the chat turn
+            except TenantLLMError as exc:  # already audited (bearer check or chat turn)
                 return error_response(exc)
             except HTTPException:
                 raise
