@@ -76,12 +76,62 @@ async def _exchange(client: StarletteOAuth2App, request: Request, settings: Sett
     return token, userinfo
 
 
-def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
-    """Register the sign-in routes on `app`."""
-    from core.auth import redirect, safe_next, signed_out_page
+def _login_failed(runtime: AuthRuntime, request: Request, exc: Exception) -> Response:
+    from core.auth import signed_out_page
+
+    runtime.services.auditor.record(
+        AuditEvent(
+            action="login",
+            outcome="denied",
+            status=401,
+            error_class=type(exc).__name__,
+            detail=str(exc)[:500],
+            **_client_fields(request),
+        )
+    )
+    return signed_out_page("Sign-in failed. Please try again.", 401)
+
+
+async def _start_session(
+    runtime: AuthRuntime, request: Request, token: Any, userinfo: Any
+) -> Response:
+    """End this browser's previous session, store a new one, put its id in a new cookie."""
+    from core.auth import redirect, safe_next
 
     settings = runtime.services.settings
-    auditor = runtime.services.auditor
+    old = request.session.get("sid")
+    if isinstance(old, str):
+        await asyncio.to_thread(revoke_session, settings, session_id_of(old))
+    next_path = safe_next(request.session.get("next"))
+    request.session.clear()  # new session id: no fixation, no leftover state
+    subject, email = str(userinfo["sub"]), userinfo.get("email")
+    secret = await asyncio.to_thread(
+        create_session,
+        settings,
+        subject=subject,
+        email=email,
+        name=userinfo.get("name"),
+        groups=groups_from_claims(userinfo, settings.oidc_groups_claim),
+        tokens={k: token[k] for k in ("access_token", "refresh_token", "id_token") if token.get(k)},
+    )
+    request.session.update({"sid": secret, "sub": subject})
+    runtime.services.auditor.record(
+        AuditEvent(
+            action="login",
+            outcome="ok",
+            user_sub=subject,
+            user_email=email,
+            **_client_fields(request),
+        )
+    )
+    return redirect(next_path)
+
+
+def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
+    """Register the sign-in routes on `app`."""
+    from core.auth import safe_next, signed_out_page
+
+    settings = runtime.services.settings
     limiter = runtime.services.limits.limiter
 
     @app.get("/login", include_in_schema=False)
@@ -104,46 +154,16 @@ def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2A
         try:
             token, userinfo = await _exchange(client, request, settings)
         except (LoginRefused, *LOGIN_ERRORS) as exc:
-            auditor.record(
-                AuditEvent(
-                    action="login",
-                    outcome="denied",
-                    status=401,
-                    error_class=type(exc).__name__,
-                    detail=str(exc)[:500],
-                    **_client_fields(request),
-                )
-            )
-            return signed_out_page("Sign-in failed. Please try again.", 401)
-        old = request.session.get("sid")
-        if isinstance(old, str):  # a new sign-in ends the previous session of this browser
-            await asyncio.to_thread(revoke_session, settings, session_id_of(old))
-        next_path = safe_next(request.session.get("next"))
-        request.session.clear()  # new session id: no fixation, no leftover state
-        subject = str(userinfo["sub"])
-        email = userinfo.get("email")
-        secret = await asyncio.to_thread(
-            create_session,
-            settings,
-            subject=subject,
-            email=email,
-            name=userinfo.get("name"),
-            groups=groups_from_claims(userinfo, settings.oidc_groups_claim),
-            tokens={
-                k: token[k] for k in ("access_token", "refresh_token", "id_token") if token.get(k)
-            },
-        )
-        request.session.update({"sid": secret, "sub": subject})
-        auditor.record(
-            AuditEvent(
-                action="login",
-                outcome="ok",
-                user_sub=subject,
-                user_email=email,
-                **_client_fields(request),
-            )
-        )
-        return redirect(next_path)
+            return _login_failed(runtime, request, exc)
+        return await _start_session(runtime, request, token, userinfo)
+
+    _add_logout_routes(app, runtime, client)
+
+
+def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
+    from core.auth import redirect, signed_out_page
+
+    settings = runtime.services.settings
 
     @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
     async def logout(request: Request) -> Response:
@@ -156,7 +176,7 @@ def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2A
         request.session.clear()
         if record is None:
             return redirect("/auth/signed-out")
-        auditor.record(
+        runtime.services.auditor.record(
             AuditEvent(
                 action="logout",
                 outcome="ok",
