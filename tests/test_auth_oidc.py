@@ -167,3 +167,28 @@ async def test_jwt_access_tokens(tmp_path: Path, fake_idp) -> None:
         )
         assert bad.status_code == 401 and app.state.auth.idp.jwks_fetches == fetches + 1
     assert services.auditor.actions("denied").count("bearer_auth") == 5
+
+
+def test_wants_html_tells_browsers_from_programs() -> None:
+    from starlette.requests import Request
+
+    from core.auth import wants_html
+
+    def request(path: str, accept: str) -> Request:
+        headers = [(b"accept", accept.encode())]
+        return Request({"type": "http", "method": "GET", "path": path, "headers": headers})
+
+    page = "text/html,application/xhtml+xml,*/*;q=0.8"
+    assert wants_html(request("/", page))
+    assert wants_html(request("/documents", page))
+    assert not wants_html(request("/", "application/json"))
+    assert not wants_html(request("/v1/models", page))  # the API answers 401, never redirects
+    assert not wants_html(request("/gradio_api/info", page))
+
+
+def test_next_after_sign_in_is_local_only() -> None:
+    from core.auth import safe_next
+
+    assert safe_next("/documents?x=1") == "/documents?x=1"
+    for bad in (None, "", "https://evil.example/", "//evil.example", "/\\evil.example", "x"):
+        assert safe_next(bad) == "/"
