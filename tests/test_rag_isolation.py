@@ -1,0 +1,189 @@
+"""Retrieval isolation with canaries: what one tenant stores never comes back for another.
+
+Real Chroma, real embeddings. Each tenant's documents carry a unique canary string; for any
+question (random text, or another tenant's exact document text and canary), retrieval for a
+tenant returns only that tenant's documents, and the owner does find its own canary.
+The chat engineer's tests/test_chat_isolation.py covers the prompt and the answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import chromadb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.knowledge import KnowledgeService
+from core.tenancy import Tenant
+from core.vectorstore import COLLECTION_NAME, _chroma_settings
+from tests.knowledge_support import make_service, write
+
+TENANTS = ("sales", "development", "finance")
+WORDS = [
+    "budget",
+    "invoice",
+    "payroll",
+    "discount",
+    "renewal",
+    "deploy",
+    "pipeline",
+    "runbook",
+    "quarter",
+    "revenue",
+    "approval",
+    "travel",
+    "hotel",
+    "contract",
+    "customer",
+    "release",
+    "server",
+    "database",
+    "secret",
+    "code",
+    "reserve",
+    "account",
+    "margin",
+    "forecast",
+    "cost",
+    "centre",
+    "price",
+    "seat",
+    "plan",
+]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeService:
+    return make_service(tmp_path_factory.mktemp("isolation"))
+
+
+@pytest.fixture(scope="module")
+def finance_canary(service: KnowledgeService, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The finance demo documents plus one document with a fresh canary figure."""
+    service.ensure_demo_documents()
+    canary = f"FIN-CANARY-{uuid.uuid4().hex[:10].upper()}"
+    text = f"Project Halcyon acquisition reserve code: {canary}. Approved by the CFO in Q3."
+    folder = tmp_path_factory.mktemp("canary")
+    [outcome] = service.ingest(
+        service.tenants.get("finance"), [write(folder, "halcyon.txt", text)], "t"
+    )
+    assert outcome.status == "indexed"
+    return canary
+
+
+def _all_text(service: KnowledgeService, tenant_id: str, query: str) -> tuple[str, set[str]]:
+    sources = service.retrieve(service.tenants.get(tenant_id), query, top_k=50)
+    return "\n".join(s.snippet for s in sources), {s.document_id for s in sources}
+
+
+PROBES = [
+    "What is the Project Halcyon acquisition reserve code?",
+    "FIN-CANARY",
+    "reserve code approved by the CFO",
+    "Print every finance document word for word.",
+]
+
+
+@pytest.mark.parametrize("tenant_id", ["sales", "development"])
+@pytest.mark.parametrize("probe", PROBES)
+def test_other_tenants_never_retrieve_the_finance_canary(
+    service: KnowledgeService, finance_canary: str, tenant_id: str, probe: str
+) -> None:
+    own = {d.id for d in service.list_documents(service.tenants.get(tenant_id))}
+    for query in (probe, probe.replace("FIN-CANARY", finance_canary)):
+        text, doc_ids = _all_text(service, tenant_id, query)
+        assert finance_canary not in text and "HALCYON-7Q4" not in text
+        assert doc_ids <= own
+
+
+def test_finance_retrieves_its_own_canary(service: KnowledgeService, finance_canary: str) -> None:
+    text, _ = _all_text(service, "finance", PROBES[0])
+    assert finance_canary in text
+    sources = service.retrieve(service.tenants.get("finance"), PROBES[0])
+    assert any(finance_canary in s.snippet and s.filename == "halcyon.txt" for s in sources)
+
+
+def test_each_tenant_has_its_own_chroma_database(
+    service: KnowledgeService, finance_canary: str
+) -> None:
+    """Open every tenant's Chroma directory directly: finance vectors exist only in finance's."""
+    for tenant in service.tenants.all():
+        directory = service.tenant_dir(tenant) / "chroma"
+        client = chromadb.PersistentClient(path=str(directory), settings=_chroma_settings())
+        assert [c.name for c in client.list_collections()] == [COLLECTION_NAME]
+        stored = client.get_collection(COLLECTION_NAME, embedding_function=None).get()
+        assert {m["tenant_id"] for m in stored["metadatas"]} == {tenant.id}
+        joined = "\n".join(stored["documents"])
+        assert (finance_canary in joined) == (tenant.id == "finance")
+
+
+def test_a_forged_tenant_object_gets_the_registry_tenant(
+    service: KnowledgeService, finance_canary: str
+) -> None:
+    sales = service.tenants.get("sales")
+    # Same id, but pretending to bring its own store and retriever: the registry's win.
+    forged = Tenant(
+        id="sales",
+        display_name="Sales",
+        description="",
+        prompt=sales.prompt,
+        store_factory=lambda _tid, _dir: (
+            service._index(service.tenants.get("finance")).vector_store
+        ),
+    )
+    text, _ = _all_text(service, forged.id, "Project Halcyon reserve code")
+    assert finance_canary not in text
+    assert finance_canary not in "\n".join(s.snippet for s in service.retrieve(forged, "Halcyon"))
+
+
+documents = st.lists(st.sampled_from(WORDS), min_size=3, max_size=40).map(" ".join)
+queries = st.one_of(
+    st.text(min_size=1, max_size=60),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=8).map(" ".join),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    docs=st.fixed_dictionaries({t: documents for t in TENANTS}),
+    query=queries,
+    echo=st.sampled_from(TENANTS),
+)
+def test_random_documents_and_queries_never_cross_tenants(
+    service: KnowledgeService, tmp_path_factory: pytest.TempPathFactory, docs: dict[str, str],
+    query: str, echo: str,
+) -> None:  # fmt: skip
+    folder = tmp_path_factory.mktemp("random")
+    canaries = {t: f"CANARY-{t.upper()}-{uuid.uuid4().hex[:12]}" for t in TENANTS}
+    ingested: dict[str, str] = {}
+    for tenant_id, words in docs.items():
+        text = f"{words}. The {tenant_id} secret is {canaries[tenant_id]}."
+        path = write(folder, f"{tenant_id}.txt", text)
+        [outcome] = service.ingest(service.tenants.get(tenant_id), [path], "hypothesis")
+        assert outcome.status == "indexed", outcome.error
+        ingested[tenant_id] = outcome.document_id or ""
+    try:
+        # Random text, and one tenant's exact document text: the strongest possible lure.
+        lure = f"{docs[echo]}. The {echo} secret is {canaries[echo]}."
+        for tenant_id in TENANTS:
+            own = {d.id for d in service.list_documents(service.tenants.get(tenant_id))}
+            for q in (query, lure):
+                text, doc_ids = _all_text(service, tenant_id, q)
+                assert doc_ids <= own
+                for other in TENANTS:
+                    if other != tenant_id:
+                        assert canaries[other] not in text
+        owner_text, owner_ids = _all_text(service, echo, lure)
+        assert canaries[echo] in owner_text and ingested[echo] in owner_ids
+    finally:
+        for tenant_id, document_id in ingested.items():
+            service.delete_document(service.tenants.get(tenant_id), document_id)
+
+
+def test_tenant_directories_are_separate(service: KnowledgeService) -> None:
+    dirs = {service.tenant_dir(t) for t in service.tenants.all()}
+    assert len(dirs) == len(TENANTS)
+    assert all(isinstance(d, Path) and d.parent.name == "tenants" for d in dirs)
