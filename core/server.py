@@ -30,12 +30,18 @@ class EngineState:
         self.task: asyncio.Task[None] | None = None
 
 
+async def _ingest_demo_documents(services: Services) -> None:
+    try:
+        await asyncio.to_thread(services.knowledge.ensure_demo_documents)
+    except Exception:  # missing demo documents must not keep the app from serving
+        log.exception("demo documents could not be ingested")
+
+
 async def _start_engine(services: Services, state: EngineState) -> None:
     assert services.engine is not None
     try:
-        # Demo documents first: embedding them is quick and the engine start is not.
-        await asyncio.to_thread(services.knowledge.ensure_demo_documents)
-        await services.engine.start()
+        # The engine core is a separate process; the demo documents are embedded meanwhile.
+        await asyncio.gather(services.engine.start(), _ingest_demo_documents(services))
         log.info("engine ready: %s", services.settings.model)
     except Exception as exc:  # the app keeps serving; /readyz says why it is not ready
         state.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
