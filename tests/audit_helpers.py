@@ -163,3 +163,28 @@ def hostile_events() -> list[AuditEvent]:
         AuditEvent(action="chat", outcome="ok", user_sub="\ud800lone", flags=["x\udfff"]),
         AuditEvent(action="ch\x00at", outcome="ok", document_ids=["d" * 1000]),
     ]
+
+
+async def refused_http_burst(settings: Settings, total: int) -> Auditor:
+    """`total` concurrent unauthenticated chat calls through the real app (each refused, 401,
+    and audited by the API layer); returns the app's auditor, flushed."""
+    import asyncio
+
+    import httpx
+
+    from core.server import create_app
+    from core.services import build_services
+
+    services = build_services(settings)
+    app = create_app(settings, services)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        body = {"model": "sales", "messages": [{"role": "user", "content": "hi"}]}
+        calls = [
+            client.post("/v1/chat/completions", json=body, headers={"user-agent": f"burst-{i}"})
+            for i in range(total)
+        ]
+        responses = await asyncio.gather(*calls)
+    assert {r.status_code for r in responses} == {401}
+    await asyncio.to_thread(services.auditor.flush)
+    return services.auditor

@@ -19,6 +19,7 @@ from tests.audit_helpers import (
     event,
     hostile_events,
     record_concurrently,
+    refused_http_burst,
     run_writer_process,
     scalar,
     settings_for,
@@ -52,6 +53,15 @@ def test_500_concurrent_records_exactly_500_events_and_chain_verifies(
     assert report.ok, report.message
     assert (report.checked, report.head_seq) == (500, 500)
     assert report.head_hash == scalar(url, "SELECT hash FROM audit_events WHERE seq = 500")
+
+
+async def test_500_concurrent_http_requests_exactly_500_events(tmp_path: Path) -> None:
+    auditor = await refused_http_burst(settings_for(tmp_path, ""), 500)
+    url = auditor.database_url
+    assert scalar(url, "SELECT count(*) FROM audit_events WHERE outcome = 'denied'") == 500
+    assert scalar(url, "SELECT count(DISTINCT user_agent) FROM audit_events") == 500
+    assert auditor.verify().ok
+    auditor.close()
 
 
 def test_stored_fields_match_the_event(auditor: Auditor, url: str) -> None:

@@ -20,6 +20,7 @@ from tests.audit_helpers import (
     hostile_events,
     pg_database,
     record_concurrently,
+    refused_http_burst,
     run_writer_process,
     scalar,
     settings_for,
@@ -62,6 +63,14 @@ def test_500_concurrent_records_exactly_500_events(auditor: Auditor, url: str) -
     assert scalar(url, "SELECT max(seq) FROM audit_events") == 500
     report = auditor.verify()
     assert report.ok and report.checked == 500, report.message
+
+
+async def test_500_concurrent_http_requests_exactly_500_events(tmp_path: Path, url: str) -> None:
+    auditor = await refused_http_burst(settings_for(tmp_path, url), 500)
+    assert scalar(url, "SELECT count(*) FROM audit_events WHERE outcome = 'denied'") == 500
+    assert scalar(url, "SELECT count(DISTINCT user_agent) FROM audit_events") == 500
+    assert auditor.verify().ok
+    auditor.close()
 
 
 def test_two_processes_share_one_chain(tmp_path: Path, url: str) -> None:
