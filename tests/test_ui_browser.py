@@ -68,7 +68,8 @@ def _wait_answer_done(page: Any) -> None:
 
 def _open_sources(page: Any) -> str:
     title = page.locator("#chatbot").get_by_text("Sources (").last
-    title.click()
+    title.click()  # collapsed by default: one click opens it
+    page.locator("#chatbot blockquote").last.wait_for(state="visible")
     return page.locator("#chatbot [data-testid=bot]").last.inner_text()
 
 
@@ -125,14 +126,14 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
     page.locator("#docs-upload input[type=file]").set_input_files([str(good), str(bad)])
     page.locator("#docs-upload-btn").click()
     outcomes = page.locator("#docs-outcomes")
-    outcomes.get_by_text(bad.name).wait_for(timeout=ANSWER_TIMEOUT)
+    outcomes.get_by_text(bad.name).first.wait_for(timeout=ANSWER_TIMEOUT)
     rows = outcomes.locator("tbody tr")
-    texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+    texts = [rows.nth(i).text_content() or "" for i in range(rows.count())]
     good_row = next(t for t in texts if good.name in t)
     bad_row = next(t for t in texts if bad.name in t)
     assert "indexed" in good_row
     assert "refused" in bad_row
-    page.locator("#docs-table").get_by_text(good.name).wait_for()
+    page.locator("#docs-table").get_by_text(good.name).first.wait_for()
     screenshot(page, "documents")
     # The uploads are gone from Gradio's temp folder (it is served to any signed-in user).
     assert not glob.glob(f"{tempfile.gettempdir()}/gradio/**/{good.name}", recursive=True)
@@ -157,7 +158,10 @@ def test_auditor_sees_audit_dashboard(new_context, app_server) -> None:
     assert page.get_by_role("tab", name="Admin").count() == 0
     page.get_by_role("tab", name="Audit").click()
     page.locator("#audit-chain").get_by_text("Audit chain intact").wait_for(timeout=60_000)
-    page.locator("#audit-table tbody tr").first.wait_for()
+    label = page.locator("#audit-page").get_by_text("events")
+    label.wait_for()
+    assert " 0 events" not in label.inner_text()  # earlier tests left chats in the log
+    page.locator("#audit-table").get_by_text("chat").first.wait_for()
     screenshot(page, "audit", full_page=True)
 
 

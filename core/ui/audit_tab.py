@@ -202,7 +202,7 @@ def build_audit_tab(services: Services) -> Any:
     )
     with gr.Row():
         prev_btn = gr.Button("← Previous", size="sm")
-        page_label = gr.Markdown()
+        page_label = gr.Markdown(elem_id="audit-page")
         next_btn = gr.Button("Next →", size="sm")
     flagged = gr.Dataframe(
         headers=TABLE_COLUMNS, label="Flagged prompt injections", interactive=False

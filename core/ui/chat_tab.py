@@ -303,7 +303,11 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Cancelling the event cancels the generator, which closes the engine stream (abort).
     v.stop_btn.click(None, cancels=events, **private)
     v.conv_list.input(
-        open_, [v.conv_list, team], [v.chatbot, v.conversation_id, v.title_box], **private
+        open_,
+        [v.conv_list, team],
+        [v.chatbot, v.conversation_id, v.title_box],
+        api_name="conversation_open",
+        **private,
     )
     team.change(switch, [team], cleared, **private)
     v.new_btn.click(
