@@ -188,3 +188,29 @@ async def refused_http_burst(settings: Settings, total: int) -> Auditor:
     assert {r.status_code for r in responses} == {401}
     await asyncio.to_thread(services.auditor.flush)
     return services.auditor
+
+
+def racing_appends(url: str, writers: int = 4, batches: int = 60) -> list[str]:
+    """Several writers appending batches to one chain at once (as separate app processes
+    would); returns the errors they met. Without the chain lock they collide on `seq`."""
+    from core.audit import to_payload
+    from core.audit_writer import append_batch
+
+    errors: list[str] = []
+    barrier = threading.Barrier(writers)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(batches):
+            batch = [to_payload(event(i), keep_prompt_text=False) for i in range(5)]
+            try:
+                append_batch(url, batch)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    threads = [threading.Thread(target=work) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

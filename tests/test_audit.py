@@ -18,6 +18,7 @@ from core.db import upgrade_database
 from tests.audit_helpers import (
     event,
     hostile_events,
+    racing_appends,
     record_concurrently,
     refused_http_burst,
     run_writer_process,
@@ -125,6 +126,12 @@ def test_restart_continues_the_chain(tmp_path: Path, url: str) -> None:
     second.close()
     report = second.verify()
     assert report.ok and report.checked == 25
+
+
+def test_chain_lock_serialises_concurrent_writers(tmp_path: Path, url: str) -> None:
+    assert racing_appends(url) == []
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 4 * 60 * 5
+    assert Auditor(settings_for(tmp_path, url)).verify().ok
 
 
 def test_two_processes_share_one_chain(tmp_path: Path, url: str) -> None:

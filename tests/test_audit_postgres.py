@@ -19,6 +19,7 @@ from tests.audit_helpers import (
     event,
     hostile_events,
     pg_database,
+    racing_appends,
     record_concurrently,
     refused_http_burst,
     run_writer_process,
@@ -71,6 +72,12 @@ async def test_500_concurrent_http_requests_exactly_500_events(tmp_path: Path, u
     assert scalar(url, "SELECT count(DISTINCT user_agent) FROM audit_events") == 500
     assert auditor.verify().ok
     auditor.close()
+
+
+def test_chain_lock_serialises_concurrent_writers(tmp_path: Path, url: str) -> None:
+    assert racing_appends(url) == []
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 4 * 60 * 5
+    assert Auditor(settings_for(tmp_path, url)).verify().ok
 
 
 def test_two_processes_share_one_chain(tmp_path: Path, url: str) -> None:
