@@ -21,6 +21,8 @@ from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
+REJECTED_NAME = "rejected.ndjson"
+
 
 def _read_lines(handle: IO[str], path: Path) -> list[dict[str, Any]]:
     handle.seek(0)
@@ -57,6 +59,24 @@ class Spool:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._size += len(events)
+
+    def reject(self, event: dict[str, Any], error: Exception) -> None:
+        """Keep an event the database refuses as data (not an outage) out of the way.
+
+        It goes to `rejected.ndjson` (never replayed automatically; not `*.jsonl`), so one
+        bad row cannot hold back every later event, and still nothing is thrown away.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"error": f"{type(error).__name__}: {error}"[:1000], "event": event})
+        with (self.directory / REJECTED_NAME).open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.error(
+            "audit event %s refused by the database; kept in %s",
+            event.get("event_id"),
+            self.directory / REJECTED_NAME,
+        )
 
     @property
     def own_count(self) -> int:

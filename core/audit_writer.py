@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError, IntegrityError
 
 from core.audit_chain import GENESIS_HASH, payload_to_row
 from core.audit_models import AuditEventRow
@@ -173,7 +174,7 @@ class AuditWriter:
         # Spooled events are older: they must reach the chain before this batch does.
         if self._spool_clear():
             try:
-                append_batch(self.url, batch)
+                self._append(batch)
                 self._failures = 0
                 return
             except Exception as exc:  # database or driver failure: the spool keeps the batch
@@ -185,6 +186,20 @@ class AuditWriter:
             self.queue.extendleft(reversed(batch))
             time.sleep(min(self.interval * 5, 1.0))
 
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        """Append to the chain; events the database refuses as data are set aside one by one.
+
+        Raises only for failures of the database itself (the caller spools then).
+        """
+        try:
+            append_batch(self.url, events)
+        except (DataError, IntegrityError):
+            for payload in events:
+                try:
+                    append_batch(self.url, [payload])
+                except (DataError, IntegrityError) as exc:
+                    self.spool.reject(payload, exc)
+
     def _replay_spool(self, orphans: bool) -> bool:
         """Replay spooled events (and orphan files); True when none is left."""
         if time.monotonic() < self._retry_at:
@@ -192,14 +207,14 @@ class AuditWriter:
         try:
             own = self.spool.read_own()
             for start in range(0, len(own), BATCH_SIZE):
-                append_batch(self.url, own[start : start + BATCH_SIZE])
+                self._append(own[start : start + BATCH_SIZE])
             if own:
                 log.warning("audit: replayed %d spooled events", len(own))
             self.spool.clear_own()
             for path in self.spool.orphans() if orphans else []:
                 with self.spool.claim_orphan(path) as events:
                     for start in range(0, len(events or []), BATCH_SIZE):
-                        append_batch(self.url, (events or [])[start : start + BATCH_SIZE])
+                        self._append((events or [])[start : start + BATCH_SIZE])
             self._orphans_checked = self._orphans_checked or orphans
             self._failures = 0
             return True

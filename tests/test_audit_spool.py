@@ -98,3 +98,22 @@ def test_live_writers_spool_is_not_taken(tmp_path: Path) -> None:
     auditor.flush()  # owner gone (lock released): now it is an orphan
     assert scalar(url, "SELECT count(*) FROM audit_events") == 1
     auditor.close()
+
+
+def test_event_the_database_refuses_is_set_aside_not_blocking(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    auditor = Auditor(settings_for(tmp_path, url))
+    bad = to_payload(event(2), keep_prompt_text=False)
+    bad["action"] = None  # NOT NULL: refused as data, whatever we retry
+    auditor.record(event(1))
+    auditor._writer.submit(bad)  # bypasses record()'s cleaning on purpose
+    auditor.record(event(3))
+    auditor.flush()
+    assert auditor.spooled == 0
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 2
+    assert auditor.verify().ok
+    [kept] = (tmp_path / "audit-spool" / "rejected.ndjson").read_text().splitlines()
+    assert json.loads(kept)["event"]["event_id"] == bad["event_id"]
+    auditor.record(event(4))  # later events still flow
+    auditor.close()
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 3
