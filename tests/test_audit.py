@@ -65,6 +65,15 @@ async def test_500_concurrent_http_requests_exactly_500_events(tmp_path: Path) -
     auditor.close()
 
 
+async def test_async_stop_drains_everything(tmp_path: Path, url: str) -> None:
+    auditor = Auditor(settings_for(tmp_path, url, audit_flush_interval_ms=10_000))
+    await auditor.start()
+    for n in range(120):
+        auditor.record(event(n))
+    await auditor.stop()  # long flush interval: only stop() can have written these
+    assert scalar(url, "SELECT count(*) FROM audit_events") == 120
+
+
 def test_stored_fields_match_the_event(auditor: Auditor, url: str) -> None:
     source = event(4, tenant="finance", client_ip="10.0.0.9", user_agent="curl/8", flags=["x"])
     source.prompt_text = "What is the budget?"
