@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from core.audit import AuditEvent
 from core.errors import InvalidRequest, NotAuthenticated, RateLimited, TenantLLMError
@@ -52,6 +53,16 @@ def error_response(err: TenantLLMError, param: str | None = None) -> JSONRespons
     elif isinstance(err, NotAuthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(err, param), status_code=err.status, headers=headers)
+
+
+def http_error_response(exc: HTTPException) -> JSONResponse:
+    """A Starlette/FastAPI HTTP error (raised before our code runs) in the OpenAI shape."""
+    if exc.status_code == 400:
+        err: TenantLLMError = InvalidRequest("The request body must be valid JSON (see /docs).")
+    else:
+        err = TenantLLMError(str(exc.detail))
+        err.status = exc.status_code
+    return error_response(err)
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -115,8 +126,8 @@ class OpenAIRoute(APIRoute):
                 return error_response(err, param)
             except TenantLLMError as exc:  # already audited (bearer check or chat turn)
                 return error_response(exc)
-            except HTTPException:
-                raise
+            except HTTPException as exc:  # e.g. FastAPI's "error parsing the body"
+                return http_error_response(exc)
             except Exception:
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
                 return JSONResponse(INTERNAL_ERROR, status_code=500)
