@@ -43,12 +43,14 @@ def _ask(page: Any, question: str) -> None:
     page.locator("#chat-input textarea").press("Enter")
 
 
-BUSY = "() => { const t = document.querySelector('#chatbot [data-testid=status-tracker]');"
-IDLE_JS = BUSY + " return t && t.classList.contains('hide'); }"
+LABEL = "document.querySelector('#chatbot [data-testid=block-label]').innerText.trim()"
+# The chatbot's label reads "Assistant · answering…" while a turn runs, "Assistant" after.
+IDLE_JS = f"() => {LABEL} === 'Assistant'"
 STREAMING_JS = (
-    BUSY + " const b = [...document.querySelectorAll('#chatbot [data-testid=bot]')];"
+    f"() => {{ const busy = {LABEL}.includes('answering');"
+    " const b = [...document.querySelectorAll('#chatbot [data-testid=bot]')];"
     " const a = b.length ? b[0].innerText.trim() : '';"
-    " return t && !t.classList.contains('hide') && a.length > 3 && !a.startsWith('…'); }"
+    " return busy && a.length > 3 && !a.startsWith('…'); }"
 )
 
 
@@ -64,6 +66,16 @@ def _wait_streaming(page: Any) -> None:
 def _wait_answer_done(page: Any) -> None:
     page.locator("#chatbot").get_by_text("Sources (").last.wait_for(timeout=ANSWER_TIMEOUT)
     page.wait_for_function(IDLE_JS, timeout=ANSWER_TIMEOUT)
+
+
+def _wait_text(page: Any, selector: str, text: str, timeout: int = 60_000) -> str:
+    """Wait until the visible text of `selector` contains `text`; return that text."""
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+    return str(page.locator(selector).inner_text())
 
 
 def _open_sources(page: Any) -> str:
@@ -125,15 +137,18 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
     page.get_by_role("tab", name="Documents").click()
     page.locator("#docs-upload input[type=file]").set_input_files([str(good), str(bad)])
     page.locator("#docs-upload-btn").click()
-    outcomes = page.locator("#docs-outcomes")
-    outcomes.get_by_text(bad.name).first.wait_for(timeout=ANSWER_TIMEOUT)
-    rows = outcomes.locator("tbody tr")
-    texts = [rows.nth(i).text_content() or "" for i in range(rows.count())]
-    good_row = next(t for t in texts if good.name in t)
-    bad_row = next(t for t in texts if bad.name in t)
+    shown = _wait_text(page, "#docs-outcomes", bad.name, timeout=ANSWER_TIMEOUT)
+    shown = _wait_text(page, "#docs-outcomes", good.name)
+    assert good.name in shown
+    rows = page.evaluate(
+        "() => [...document.querySelectorAll('#docs-outcomes tbody tr')]"
+        ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
+    )
+    good_row = next(r for r in rows if good.name in r)
+    bad_row = next(r for r in rows if bad.name in r)
     assert "indexed" in good_row
     assert "refused" in bad_row
-    page.locator("#docs-table").get_by_text(good.name).first.wait_for()
+    _wait_text(page, "#docs-table", good.name)
     screenshot(page, "documents")
     # The uploads are gone from Gradio's temp folder (it is served to any signed-in user).
     assert not glob.glob(f"{tempfile.gettempdir()}/gradio/**/{good.name}", recursive=True)
@@ -161,7 +176,7 @@ def test_auditor_sees_audit_dashboard(new_context, app_server) -> None:
     label = page.locator("#audit-page").get_by_text("events")
     label.wait_for()
     assert " 0 events" not in label.inner_text()  # earlier tests left chats in the log
-    page.locator("#audit-table").get_by_text("chat").first.wait_for()
+    _wait_text(page, "#audit-table", "chat")
     screenshot(page, "audit", full_page=True)
 
 

@@ -25,6 +25,8 @@ from core.ui.session import check, client_of, principal_of, shown_as_error, user
 log = logging.getLogger(__name__)
 
 STOPPED_NOTE = "\n\n*(stopped)*"
+IDLE_LABEL = "Assistant"
+BUSY_LABEL = "Assistant · answering…"
 
 
 def sources_markdown(sources: list[dict[str, Any]]) -> str:
@@ -58,6 +60,15 @@ def _sources_message(sources: list[dict[str, Any]]) -> dict[str, Any]:
         "content": sources_markdown(sources),
         "metadata": {"title": title, "status": "done"},
     }
+
+
+def _busy(messages: list[dict[str, Any]]) -> Any:
+    # The label says an answer is on its way; it also tells tests when a turn has ended.
+    return gr.update(value=messages, label=BUSY_LABEL)
+
+
+def _idle(messages: list[dict[str, Any]]) -> Any:
+    return gr.update(value=messages, label=IDLE_LABEL)
 
 
 def _choices(services: Services, owner: str, tenant_id: str) -> list[tuple[str, str]]:
@@ -95,7 +106,8 @@ async def send_message(
             else []
         )
     shown = [*to_chat_messages(stored), {"role": "user", "content": safe_markdown(question)}]
-    yield [*shown, {"role": "assistant", "content": "…"}], conversation_id, gr.update(), ""
+    pending = [*shown, {"role": "assistant", "content": "…"}]
+    yield _busy(pending), conversation_id, gr.update(), ""
     ip, agent = client_of(request)
     chat_request = ChatRequest(
         tenant_id=team,
@@ -111,7 +123,7 @@ async def send_message(
         if not isinstance(exc, TenantLLMError):
             log.exception("starting a chat turn failed")
         # Nothing was said: restore the chat and give the question back to edit or resend.
-        yield to_chat_messages(stored), conversation_id, gr.update(), message
+        yield _idle(to_chat_messages(stored)), conversation_id, gr.update(), message
         raise gr.Error(user_message(exc), print_exception=False) from None
     if not conversation_id:
         conversation_id = conv.create_conversation(db, principal.subject, team, question[:60])
@@ -126,9 +138,15 @@ async def send_message(
             # Sources are known before the first token: shown under the answer from the start,
             # so they stay visible when the person stops the answer.
             answer_msg = {"role": "assistant", "content": safe_markdown(answer)}
-            yield [*shown, answer_msg, sources_msg], conversation_id, choices, ""
+            yield _busy([*shown, answer_msg, sources_msg]), conversation_id, choices, ""
         finished = True
     except TenantLLMError as exc:
+        yield (
+            _idle([*shown, {"role": "assistant", "content": safe_markdown(answer)}]),
+            (conversation_id),
+            choices,
+            "",
+        )
         raise gr.Error(user_message(exc), print_exception=False) from None
     except (asyncio.CancelledError, GeneratorExit):
         raise
@@ -145,7 +163,7 @@ async def send_message(
             [conv.StoredMessage("user", question), conv.StoredMessage("assistant", saved, sources)],
         )
     final = [*shown, {"role": "assistant", "content": safe_markdown(answer)}]
-    yield [*final, sources_msg], conversation_id, choices, ""
+    yield _idle([*final, sources_msg]), conversation_id, choices, ""
 
 
 def open_conversation(
@@ -241,7 +259,7 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
                     )
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(
-                label="Assistant",
+                label=IDLE_LABEL,
                 elem_id="chatbot",
                 height="60vh",
                 sanitize_html=True,
@@ -301,7 +319,9 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
         ),
     ]
     # Cancelling the event cancels the generator, which closes the engine stream (abort).
-    v.stop_btn.click(None, cancels=events, **private)
+    v.stop_btn.click(
+        lambda: gr.update(label=IDLE_LABEL), None, [v.chatbot], cancels=events, **private
+    )
     v.conv_list.input(
         open_,
         [v.conv_list, team],
