@@ -344,7 +344,13 @@ class BenchContext:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     engine_pids: list[int] = field(default_factory=list)
     engine_start_s: float = 0.0
+    budget_s: float = 19 * 60.0
+    started: float = field(default_factory=time.monotonic)
     _engine: Any = None
+
+    def remaining(self) -> float:
+        """Seconds left of the run's time budget (the suite must finish in 20 minutes)."""
+        return self.budget_s - (time.monotonic() - self.started)
 
     def scale(self, full: int, quick: int) -> int:
         """`full` in a full run, `quick` with --quick (tiny sizes for development)."""
@@ -384,23 +390,28 @@ class BenchContext:
         """The `AsyncLLM` inside the product's engine, to drive it directly as a baseline."""
         return self.engine()._llm
 
-    def close(self) -> None:
-        """Stop the engine and close the loop."""
+    def stop_engine(self) -> None:
+        """Stop the product engine (before CPU-only benchmarks; it restarts on next use)."""
         if self._engine is not None:
             self.run(self._engine.stop())
             self._engine = None
+            self.engine_pids = []
+
+    def close(self) -> None:
+        """Stop the engine and close the loop."""
+        self.stop_engine()
         self.loop.close()
 
 
-def tree_cpu_seconds(pids: Iterable[int]) -> float:
-    """User+system CPU seconds used so far by the processes and their descendants."""
+def tree_cpu_seconds(pids: Iterable[int], descendants: bool = True) -> float:
+    """User+system CPU seconds used so far by the processes (and their descendants)."""
     import psutil
 
     total = 0.0
     for pid in pids:
         try:
             proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
+            procs = [proc, *proc.children(recursive=True)] if descendants else [proc]
         except psutil.NoSuchProcess:
             continue
         for p in procs:
@@ -419,3 +430,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def collapsed_profile_summary(path: Path, top: int = 12) -> dict[str, Any]:
+    """Summarise a py-spy `--format raw` (collapsed stacks) file.
+
+    Returns the number of samples, the share of samples whose leaf is in each function (self
+    time), and the share of samples that pass through each function of ours (`core/`, less
+    the CLI entry frames every sample passes through), so a report can say where a process
+    spends its CPU.
+    """
+    total = 0
+    leaf: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
+        for frame in {f for f in frames if "(core/" in f and "(core/cli/" not in f}:
+            ours[frame] = ours.get(frame, 0) + count
+
+    def shares(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, count / total) for name, count in ranked] if total else []
+
+    return {"samples": total, "self": shares(leaf), "inclusive_ours": shares(ours)}

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from bench.common import BenchContext, BenchResult, Table, percentile, ratio, target
-from bench.overhead import QUESTIONS, bench_tenant
+from bench.engines import QUESTIONS, bench_tenant
 
 FLOOD_STREAMS = 32
 FLOOD, QUIET = "flood", "quiet"

@@ -19,7 +19,7 @@ from bench.common import (
     percentile,
     ratio,
 )
-from bench.overhead import QUESTIONS, bench_tenant
+from bench.engines import QUESTIONS, bench_tenant
 
 
 async def _request(

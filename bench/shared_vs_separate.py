@@ -29,8 +29,8 @@ from bench.common import (
     target,
     tree_memory,
 )
-from bench.overhead import QUESTIONS, build_raw_engine, kv_budget, raw_prompt, raw_request
-from bench.overhead import shutdown_engine as _shutdown
+from bench.engines import QUESTIONS, build_raw_engine, kv_budget, raw_prompt, raw_request
+from bench.engines import shutdown_engine as _shutdown
 
 TENANT_SYSTEMS = {
     "sales": "You are the assistant of the Sales team. Be friendly, brief and concrete.",
