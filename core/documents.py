@@ -7,7 +7,9 @@ them. Every query here takes the tenant id: there is no lookup by document id al
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -60,3 +62,43 @@ def list_documents(session: Session, tenant_id: str) -> list[DocumentRow]:
         .order_by(DocumentRow.uploaded_at.desc(), DocumentRow.id)
     )
     return list(session.scalars(stmt))
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one file of an ingest batch."""
+
+    filename: str
+    status: Literal["indexed", "duplicate", "refused"]
+    chunks: int = 0
+    document_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One document of a tenant, as listed."""
+
+    id: str
+    tenant_id: str
+    filename: str
+    sha256: str
+    size: int
+    chunks: int
+    uploaded_by: str
+    uploaded_at: datetime
+
+
+def document_info(row: DocumentRow) -> DocumentInfo:
+    """The listing record of a registry row."""
+    return DocumentInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        filename=row.filename,
+        sha256=row.sha256,
+        size=row.size,
+        chunks=row.chunks,
+        uploaded_by=row.uploaded_by,
+        # SQLite hands back naive datetimes; they were written in UTC.
+        uploaded_at=row.uploaded_at.replace(tzinfo=row.uploaded_at.tzinfo or UTC),
+    )

@@ -16,10 +16,8 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -34,61 +32,21 @@ from core.chunking import (
 )
 from core.config import Settings
 from core.db import session_scope
+from core.documents import DocumentInfo, IngestOutcome, document_info
 from core.errors import IngestionError, NotFound
 from core.parsing import Part, parse_in_sandbox
 from core.tenancy import Source, Tenant, TenantRegistry
 from core.uploads import CheckedUpload, check_upload
-from core.vectorstore import chroma_store, default_retriever, embedding_model
+from core.vectorstore import chroma_store, default_retriever, delete_nodes, embedding_model
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.schema import BaseNode
-    from llama_index.core.vector_stores import MetadataFilters
-    from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 log = logging.getLogger(__name__)
 
 DEMO_DOCS_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_docs"
 DEMO_UPLOADER = "system:demo"
-
-
-@dataclass(frozen=True)
-class IngestOutcome:
-    """What happened to one file of an ingest batch."""
-
-    filename: str
-    status: Literal["indexed", "duplicate", "refused"]
-    chunks: int = 0
-    document_id: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    """One document of a tenant, as listed."""
-
-    id: str
-    tenant_id: str
-    filename: str
-    sha256: str
-    size: int
-    chunks: int
-    uploaded_by: str
-    uploaded_at: datetime
-
-
-def _info(row: documents.DocumentRow) -> DocumentInfo:
-    return DocumentInfo(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        filename=row.filename,
-        sha256=row.sha256,
-        size=row.size,
-        chunks=row.chunks,
-        uploaded_by=row.uploaded_by,
-        # SQLite hands back naive datetimes; they were written in UTC.
-        uploaded_at=row.uploaded_at.replace(tzinfo=row.uploaded_at.tzinfo or UTC),
-    )
 
 
 class KnowledgeService:
@@ -247,14 +205,14 @@ class KnowledgeService:
         return crypto.decrypt(key, tenant.id, document_id, blob)
 
     def _remove_stored(self, tenant: Tenant, document_id: str) -> None:
-        _delete_nodes(self._index(tenant).vector_store, delete_filter(document_id))
+        delete_nodes(self._index(tenant).vector_store, delete_filter(document_id))
         self._file_path(tenant, document_id).unlink(missing_ok=True)
 
     # --- listing, deleting, re-indexing --------------------------------------------------
     def list_documents(self, tenant: Tenant) -> list[DocumentInfo]:
         """The tenant's documents, newest first."""
         with session_scope(self._db_url) as session:
-            return [_info(r) for r in documents.list_documents(session, tenant.id)]
+            return [document_info(r) for r in documents.list_documents(session, tenant.id)]
 
     def delete_document(self, tenant: Tenant, document_id: str) -> None:
         """Delete a document, its vectors and its original; NotFound if not this tenant's."""
@@ -280,7 +238,7 @@ class KnowledgeService:
         # Everything is parsed and embedded before the store is touched: a failure above
         # leaves the old index intact. clear() also drops any orphaned vectors.
         store = self._index(tenant).vector_store
-        _delete_nodes(store, None)
+        delete_nodes(store, None)
         with session_scope(self._db_url) as session:
             for document_id, nodes in rebuilt:
                 if nodes:
@@ -328,17 +286,6 @@ class KnowledgeService:
             for outcome in self.ingest(tenant, files, DEMO_UPLOADER):
                 if outcome.status == "refused":
                     log.warning("demo document refused for %s: %s", tenant.id, outcome.error)
-
-
-def _delete_nodes(store: BasePydanticVectorStore, filters: MetadataFilters | None) -> None:
-    """Delete the nodes matching `filters` (all when None).
-
-    The ids are looked up first: ChromaVectorStore's delete_nodes(filters=...) and clear()
-    send an empty id list when there is nothing to match, which Chroma 1.5 rejects.
-    """
-    node_ids = [node.node_id for node in store.get_nodes(None, filters=filters)]
-    if node_ids:
-        store.delete_nodes(node_ids=node_ids)
 
 
 def _kind_of(filename: str) -> str:

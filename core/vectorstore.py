@@ -19,6 +19,8 @@ from chromadb.config import Settings as ChromaSettings
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.vector_stores import MetadataFilters
+    from llama_index.core.vector_stores.types import BasePydanticVectorStore
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
@@ -75,3 +77,14 @@ def chroma_store(tenant_id: str, directory: Path) -> ChromaVectorStore:
 def default_retriever(index: VectorStoreIndex, top_k: int) -> BaseRetriever:
     """Core's default retriever: plain top-k similarity over the tenant's own index."""
     return index.as_retriever(similarity_top_k=top_k)
+
+
+def delete_nodes(store: BasePydanticVectorStore, filters: MetadataFilters | None) -> None:
+    """Delete the nodes matching `filters` (all when None).
+
+    The ids are looked up first: ChromaVectorStore's delete_nodes(filters=...) and clear()
+    send an empty id list when there is nothing to match, which Chroma 1.5 rejects.
+    """
+    node_ids = [node.node_id for node in store.get_nodes(None, filters=filters)]
+    if node_ids:
+        store.delete_nodes(node_ids=node_ids)

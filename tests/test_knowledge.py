@@ -15,7 +15,8 @@ import pytest
 from core import crypto
 from core.config import Settings
 from core.errors import ConfigError, IngestionError, NotFound
-from core.knowledge import DEMO_DOCS_DIR, KnowledgeService, _delete_nodes
+from core.knowledge import DEMO_DOCS_DIR, KnowledgeService
+from core.vectorstore import delete_nodes
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_reindex_rebuilds_from_stored_originals(service: KnowledgeService, tmp_p
     [outcome] = service.ingest(
         tenant, [write(tmp_path, "oncall.md", "# On-call\nThe pager rotates on Mondays.")], "t"
     )
-    _delete_nodes(service._index(tenant).vector_store, None)  # only the originals remain
+    delete_nodes(service._index(tenant).vector_store, None)  # only the originals remain
     assert not service.retrieve(tenant, "when does the pager rotate")
     chunks = service.reindex(tenant)
     assert chunks == sum(d.chunks for d in service.list_documents(tenant)) >= 1
