@@ -149,7 +149,7 @@ async def _variant(services: Any, seconds: int, seed: int, flood: bool) -> dict[
 def run(ctx: BenchContext) -> BenchResult:
     """The quiet tenant's TTFT p95 alone and under a 32-stream flood, fairness off and on."""
     result = BenchResult("fairness", "3. Fairness under a noisy neighbour")
-    seconds = ctx.scale(20, 5)
+    seconds = ctx.scale(15, 5)
     variants = {
         "alone": (64, 0, False),
         "fairness off (no cap, equal priority)": (64, 0, True),

@@ -105,7 +105,7 @@ def _profile(app: AppProcess, out: Path) -> subprocess.Popen[bytes] | None:
 async def _measure(ctx: BenchContext, app: AppProcess, llm: Any) -> dict[str, Any]:
     import httpx
 
-    max_tokens = ctx.scale(64, 16)
+    max_tokens = ctx.scale(48, 16)
     messages = [bench_tenant().prompt.render(question=q, sources=[], history=[]) for q in QUESTIONS]
     prompts = [raw_prompt(llm, m) for m in messages]
 

@@ -77,7 +77,7 @@ async def _load(
 async def _measure(
     engines: dict[str, Any], pids: list[int], ctx: BenchContext, users: int
 ) -> dict[str, Any]:
-    max_tokens = ctx.scale(64, 16)
+    max_tokens = ctx.scale(48, 16)
     await _load(engines, 1, 1, 8, ctx.seed)  # warm up every engine
     peak: dict[str, float] = {}
     stop = asyncio.Event()
