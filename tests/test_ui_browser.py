@@ -137,13 +137,16 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
     page.get_by_role("tab", name="Documents").click()
     page.locator("#docs-upload input[type=file]").set_input_files([str(good), str(bad)])
     page.locator("#docs-upload-btn").click()
-    shown = _wait_text(page, "#docs-outcomes", bad.name, timeout=ANSWER_TIMEOUT)
-    shown = _wait_text(page, "#docs-outcomes", good.name)
-    assert good.name in shown
-    rows = page.evaluate(
+    rows_js = (
         "() => [...document.querySelectorAll('#docs-outcomes tbody tr')]"
         ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
     )
+    page.wait_for_function(
+        f"([g, b]) => {{ const r = ({rows_js})().join('\\n'); return r.includes(g) && r.includes(b); }}",
+        arg=[good.name, bad.name],
+        timeout=ANSWER_TIMEOUT,
+    )
+    rows = page.evaluate(rows_js)
     good_row = next(r for r in rows if good.name in r)
     bad_row = next(r for r in rows if bad.name in r)
     assert "indexed" in good_row

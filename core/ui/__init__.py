@@ -50,7 +50,8 @@ def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
         first = choices[0][1] if choices else None
         return (
             identity_html(services, principal),
-            gr.update(choices=choices, value=first, interactive=bool(choices)),
+            # People without a team (an auditor, say) get no empty selector.
+            gr.update(choices=choices, value=first, visible=bool(choices)),
             gr.Tab(visible=may(principal, None, "read_audit")),
             gr.Tab(visible=may(principal, None, "view_admin")),
         )
