@@ -100,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the report
     report = asyncio.run(run(args.data_dir, args.concurrency, args.tokens))
     if args.json:
         print(json.dumps(report))
