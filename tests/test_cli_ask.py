@@ -63,6 +63,7 @@ def test_unreadable_model_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(1200)  # a whole engine start per test: slow on a busy machine
 def test_ask_prints_the_answer_and_leaves_no_engine(
     tmp_path: Path, bundled_model_dir: Path
 ) -> None:
@@ -82,6 +83,7 @@ def test_ask_prints_the_answer_and_leaves_no_engine(
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(1200)  # a whole engine start per test: slow on a busy machine
 def test_ctrl_c_stops_cleanly(tmp_path: Path, bundled_model_dir: Path) -> None:
     process = subprocess.Popen(
         [TENANTLLM, "ask", "Write a very long story about a lighthouse.", "--max-tokens", "512"],
@@ -103,6 +105,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, bundled_model_dir: Path) -> None:
 
 
 @pytest.mark.engine
+@pytest.mark.timeout(1200)  # a whole engine start per test: slow on a busy machine
 def test_ask_as_a_tenant_prints_json(tmp_path: Path, bundled_model_dir: Path) -> None:
     result = subprocess.run(
         [

@@ -79,7 +79,7 @@ async def test_eight_concurrent_streams_complete_in_several_chunks(engine: Engin
 
 
 async def test_closing_a_stream_aborts_it_in_the_engine(engine: Engine) -> None:
-    params = GenerationParams(max_tokens=400, temperature=0.9)
+    params = GenerationParams(max_tokens=400, temperature=0.9, ignore_eos=True)
     story = [{"role": "user", "content": "Tell me a very long story about a lighthouse."}]
     stream = engine.stream_chat(story, params, tenant_id="sales")
     async with aclosing(stream):
@@ -97,7 +97,7 @@ async def test_closing_a_stream_aborts_it_in_the_engine(engine: Engine) -> None:
 
 
 async def test_cancelling_the_consumer_task_aborts_too(engine: Engine) -> None:
-    params = GenerationParams(max_tokens=400, temperature=0.9)
+    params = GenerationParams(max_tokens=400, temperature=0.9, ignore_eos=True)
     started = asyncio.Event()
 
     async def consume() -> None:
