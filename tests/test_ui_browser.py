@@ -79,8 +79,7 @@ def _wait_text(page: Any, selector: str, text: str, timeout: int = 60_000) -> st
 
 
 def _open_sources(page: Any) -> str:
-    title = page.locator("#chatbot").get_by_text("Sources (").last
-    title.click()  # collapsed by default: one click opens it
+    # Shown open under the answer (a click on the title folds it).
     page.locator("#chatbot blockquote").last.wait_for(state="visible")
     return page.locator("#chatbot [data-testid=bot]").last.inner_text()
 
@@ -142,7 +141,8 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
         ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
     )
     page.wait_for_function(
-        f"([g, b]) => {{ const r = ({rows_js})().join('\\n'); return r.includes(g) && r.includes(b); }}",
+        f"([g, b]) => {{ const r = ({rows_js})().join(' ');"
+        " return r.includes(g) && r.includes(b); }",
         arg=[good.name, bad.name],
         timeout=ANSWER_TIMEOUT,
     )

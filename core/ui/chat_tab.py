@@ -33,14 +33,13 @@ def sources_markdown(sources: list[dict[str, Any]]) -> str:
     """The sources under an answer: document name, page/section, a snippet (all inert)."""
     if not sources:
         return "No document of this team matched; the answer is from the model alone."
-    lines = []
+    blocks = []
     for i, src in enumerate(sources, 1):
-        where = f" — {plain_inline(src.get('location', ''), 80)}" if src.get("location") else ""
-        lines.append(f"{i}. **{plain_inline(src.get('filename', '?'), 120)}**{where}")
+        where = f" · {plain_inline(src.get('location', ''), 80)}" if src.get("location") else ""
+        block = f"**{i}. {plain_inline(src.get('filename', '?'), 120)}**{where}"
         snippet = plain_inline(src.get("snippet", ""), 280)
-        if snippet:
-            lines.append(f"    > {snippet}")
-    return "\n".join(lines)
+        blocks.append(f"{block}\n\n> {snippet}" if snippet else block)
+    return "\n\n".join(blocks)
 
 
 def to_chat_messages(messages: list[conv.StoredMessage]) -> list[dict[str, Any]]:
@@ -58,7 +57,8 @@ def _sources_message(sources: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": sources_markdown(sources),
-        "metadata": {"title": title, "status": "done"},
+        # No "done" status: Gradio then shows the block open; a click folds it away.
+        "metadata": {"title": title},
     }
 
 
