@@ -61,9 +61,13 @@ class VLLMEngine(Engine):
         model = await asyncio.to_thread(resolve_model, self.settings)
         # Building the engine blocks for ~25 s; a thread keeps the app answering /healthz.
         # If start() is cancelled meanwhile, stop() waits for the build and shuts it down.
-        self._pending = _PendingStart()
-        self._pending.run(self._build, model)
-        llm = await self._pending.result()
+        pending = self._pending = _PendingStart()
+        pending.run(self._build, model)
+        try:
+            llm = await pending.result()
+        except TenantLLMError:
+            self._pending = None  # failed: nothing left for stop() to wait for
+            raise
         self._pending = None
         self._tokenizer = llm.get_tokenizer()
         self._llm = llm
