@@ -339,3 +339,62 @@ async def test_engine_not_ready_then_rate_limited(engineless_app: Any) -> None:
     chat_events = [e for e in audit_events(services) if e.action == "api_chat"]
     assert [e.outcome for e in chat_events] == ["error"] * 3 + ["rate_limited"]
     assert [e.status for e in chat_events] == [503] * 3 + [429]
+
+
+async def test_non_streamed_request_is_aborted_when_the_client_leaves(services: Any) -> None:
+    """Raw ASGI: the client sends its request, then disconnects while the answer is generated."""
+    import asyncio
+
+    from core.server import create_app
+    from tests.test_chat import audit_events
+
+    app = create_app(services.settings, services)
+    key = create_key(services.settings, tenant_id="sales", created_by="test").secret
+    story = [{"role": "user", "content": "Write a very long story about discounts."}]
+    body = {"model": "sales", "messages": story, "max_tokens": 400, "temperature": 1.0}
+    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    gone = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"host", b"testserver"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {key}".encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    call = asyncio.create_task(app(scope, receive, send))
+    for _ in range(1200):  # polling, not timing: wait until the engine is generating it
+        if (await services.engine.status()).running > 0 or call.done():
+            break
+        await asyncio.sleep(0.05)
+    gone.set()
+    await call
+    for _ in range(200):
+        if (await services.engine.status()).running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await services.engine.status()).running == 0
+    (event,) = [e for e in audit_events(services) if e.action == "api_chat"]
+    assert event.outcome == "cancelled" and event.tokens_out < 400
