@@ -138,7 +138,7 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
     page.locator("#docs-upload-btn").click()
     rows_js = (
         "() => [...document.querySelectorAll('#docs-outcomes tbody tr')]"
-        ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
+        ".map(r => r.textContent)"
     )
     page.wait_for_function(
         f"([g, b]) => {{ const r = ({rows_js})().join(' ');"
