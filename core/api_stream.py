@@ -105,6 +105,7 @@ async def collect_unless_disconnected(
         generation.cancel()  # the chat turn aborts the engine request and audits it
         with contextlib.suppress(asyncio.CancelledError):
             await generation
+        turn.abandon()  # if the task was cancelled before it started streaming
         return False, None
     return True, generation.result()
 

@@ -143,6 +143,15 @@ class ChatTurn:
         self._audit = audit
         self._streamed = False
 
+    def abandon(self) -> None:
+        """Audit the turn as cancelled if it was never streamed (its caller gave up first).
+
+        A no-op once `stream()` has started: that path writes the event itself.
+        """
+        if not self._streamed:
+            self._streamed = True
+            self.services.auditor.record(self._audit.event("cancelled", 499, None))
+
     async def stream(self) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the answer; write the turn's audit event when the stream ends in any way.
 

@@ -242,3 +242,16 @@ def test_sanitize_history_keeps_only_user_and_assistant_text() -> None:
     ]
     many = [{"role": "user", "content": str(i)} for i in range(50)]
     assert [m["content"] for m in sanitize_history(many)] == [str(i) for i in range(30, 50)]
+
+
+async def test_abandoned_turn_is_audited_once_and_cannot_stream(
+    services: Any, sales_doc: str, alice: Principal
+) -> None:
+    turn = await start_chat_turn(services, alice, ChatRequest("sales", "hi", max_tokens=2))
+    turn.abandon()
+    turn.abandon()
+    (event,) = audit_events(services, turn.request_id)
+    assert event.outcome == "cancelled" and event.tokens_out == 0
+    with pytest.raises(InvalidRequest):
+        async for _ in turn.stream():
+            pass
