@@ -60,6 +60,7 @@ def test_member_calling_audit_handlers_is_refused_and_audited(app_server) -> Non
     rows = wait_for_audit(
         app_db_url(app_server.data_dir),
         AuditFilters(user=sub, action="ui_read_audit", outcome="denied"),
+        minimum=2,
     )
     assert len(rows) >= 2
     assert all(r.user_sub == sub and r.status == 403 for r in rows)

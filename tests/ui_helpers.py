@@ -74,12 +74,14 @@ def gradio_call(client: httpx.Client, api_name: str, data: list[Any]) -> dict[st
     raise AssertionError("the event never completed")
 
 
-def wait_for_audit(db_url: str, filters: AuditFilters, deadline_s: float = 60) -> list[AuditRecord]:
-    """Rows matching `filters` once the app's audit writer has stored them."""
+def wait_for_audit(
+    db_url: str, filters: AuditFilters, deadline_s: float = 60, minimum: int = 1
+) -> list[AuditRecord]:
+    """Rows matching `filters` once the app's audit writer has stored (at least `minimum`)."""
     end = time.monotonic() + deadline_s
     while True:
         rows = query(db_url, filters, 1, 100).rows
-        if rows or time.monotonic() > end:
+        if len(rows) >= minimum or time.monotonic() > end:
             return rows
         time.sleep(0.5)
 
