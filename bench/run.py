@@ -116,7 +116,8 @@ def write_markdown(path: Path, report: dict[str, Any], results: list[BenchResult
         f"Generated {report['generated_at']} in {report['duration_s']:.0f} s "
         f"({'quick' if report['quick'] else 'full'} run, commit {machine['git_commit']}).",
         f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, "
-        f"{machine['memory_gib']} GiB, load average at start {machine['load_average_at_start']}, "
+        f"{machine['memory_gib']} GiB, load average (1/5/15 min) at start "
+        f"{machine['load_average_at_start']}, at end {report.get('load_average_at_end')}, "
         f"{machine['os']}, Python {machine['python']}.",
         f"Versions: {versions}.",
         "Every figure is compared with a baseline measured in the same run; absolute numbers "
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": time.perf_counter() - started,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "quick": args.quick,
         "machine": machine,
         "settings": _settings_record(keys, ctx),
