@@ -167,6 +167,41 @@ def _settings_record(keys: list[str], ctx: BenchContext) -> dict[str, Any]:
     }
 
 
+def _write(
+    out_dir: Path,
+    started: float,
+    quick: bool,
+    machine: dict[str, Any],
+    keys: list[str],
+    ctx: BenchContext,
+    results: list[BenchResult],
+) -> None:
+    """Write latest.json and latest.md for the benchmarks finished so far."""
+    report = {
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "duration_s": time.perf_counter() - started,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "quick": quick,
+        "machine": machine,
+        "settings": _settings_record(keys, ctx),
+        "targets": [t for r in results for t in r.targets],
+        "benchmarks": {
+            r.key: {
+                "title": r.title,
+                "seconds": r.seconds,
+                "error": r.error,
+                "data": r.data,
+                "notes": r.notes,
+                "plots": r.plots,
+                "tables": [t.__dict__ for t in r.tables],
+            }
+            for r in results
+        },
+    }
+    (out_dir / "latest.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    write_markdown(out_dir / "latest.md", report, results)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks and write the report; exit 1 if one failed to run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,39 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = machine_info()
     ctx = BenchContext(quick=args.quick, work_dir=work_dir, out_dir=out_dir, model_dir=_model_dir())
-    results = []
+    results: list[BenchResult] = []
     try:
         for key in keys:
             if key not in ENGINE_BENCHMARKS:
                 ctx.stop_engine()  # an idle engine holds no CPU, but gigabytes of memory
             results.append(_run_one(key, ctx))
+            # Written after every benchmark: an interrupted run keeps what it finished.
+            _write(out_dir, started, args.quick, machine, keys, ctx, results)
     finally:
         ctx.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-    report = {
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "duration_s": time.perf_counter() - started,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "quick": args.quick,
-        "machine": machine,
-        "settings": _settings_record(keys, ctx),
-        "targets": [t for r in results for t in r.targets],
-        "benchmarks": {
-            r.key: {
-                "title": r.title,
-                "seconds": r.seconds,
-                "error": r.error,
-                "data": r.data,
-                "notes": r.notes,
-                "plots": r.plots,
-                "tables": [t.__dict__ for t in r.tables],
-            }
-            for r in results
-        },
-    }
-    (out_dir / "latest.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-    write_markdown(out_dir / "latest.md", report, results)
-    print(f"[bench] wrote {out_dir / 'latest.md'} in {report['duration_s']:.0f} s", flush=True)
+    print(f"[bench] wrote {out_dir / 'latest.md'}", flush=True)
     return 1 if any(r.error for r in results) else 0
 
 
