@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.schema import BaseNode
 
+_CHROMA_BATCH = 1000  # nodes per Chroma add()
+
 log = logging.getLogger(__name__)
 
 DEMO_DOCS_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_docs"
@@ -166,7 +168,10 @@ class KnowledgeService:
         self._write_original(tenant, document_id, checked.data)
         store = self._index(tenant).vector_store
         try:
-            store.add(nodes)
+            # Chroma refuses batches over its max batch size (5461 on SQLite); big files
+            # come in slices, still removed as a whole if anything below fails.
+            for start in range(0, len(nodes), _CHROMA_BATCH):
+                store.add(nodes[start : start + _CHROMA_BATCH])
             with session_scope(self._db_url) as session:
                 session.add(
                     documents.DocumentRow(

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineState:
-    """Where the background engine start stands: starting, ready, or failed (and why)."""
+    """Where the background start (engine, then demo documents) stands."""
 
     def __init__(self) -> None:
         self.error: str | None = None
+        self.started = False  # engine up and demo documents in: ready for users
         self.task: asyncio.Task[None] | None = None
 
 
@@ -38,11 +39,14 @@ async def _ingest_demo_documents(services: Services) -> None:
 
 
 async def _start_engine(services: Services, state: EngineState) -> None:
-    assert services.engine is not None
     try:
-        # The engine core is a separate process; the demo documents are embedded meanwhile.
-        await asyncio.gather(services.engine.start(), _ingest_demo_documents(services))
-        log.info("engine ready: %s", services.settings.model)
+        # Engine first, demo documents after: both import transformers, and two threads
+        # importing it at once fail ("cannot import name ... from transformers").
+        if services.engine is not None:
+            await services.engine.start()
+            log.info("engine ready: %s", services.settings.model)
+        await _ingest_demo_documents(services)
+        state.started = True
     except Exception as exc:  # the app keeps serving; /readyz says why it is not ready
         state.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.exception("engine failed to start")
@@ -75,7 +79,7 @@ def _add_health_routes(app: FastAPI, services: Services, state: EngineState) -> 
     async def readyz() -> Response:
         """The engine is ready to generate (load balancers route traffic on this)."""
         engine = services.engine
-        if engine is not None and engine.ready:
+        if state.started and (engine is None or engine.ready):
             return JSONResponse({"status": "ready", "model": services.settings.model})
         status = "failed" if state.error else "starting"
         return JSONResponse({"status": status, "error": state.error}, status_code=503)
