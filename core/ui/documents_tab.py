@@ -75,7 +75,8 @@ def refresh(services: Services, team: str | None, request: gr.Request) -> tuple[
 
 def _outcome_row(outcome: IngestOutcome) -> list[Any]:
     label = {"indexed": "indexed", "duplicate": "duplicate", "refused": "refused"}[outcome.status]
-    detail = outcome.error or (f"{outcome.chunks} chunks" if outcome.status == "indexed" else "")
+    # The Chunks column has the count; the detail says what the outcome means for the user.
+    detail = outcome.error or ("ready for answers" if outcome.status == "indexed" else "")
     if outcome.status == "duplicate" and not detail:
         detail = "already in this team's documents"
     return [outcome.filename, label, outcome.chunks, detail]
