@@ -130,8 +130,12 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(20, ge=1, description="Largest file accepted, in MB.")
     parse_timeout_seconds: int = Field(60, ge=1, description="Time limit to parse one file.")
     parse_memory_mb: int = Field(2048, ge=128, description="Memory limit to parse one file.")
-    chunk_size: int = Field(512, ge=64, description="Chunk size in tokens.")
-    chunk_overlap: int = Field(64, ge=0, description="Chunk overlap in tokens.")
+    # all-MiniLM-L6-v2 embeds the first 256 word pieces of a chunk and ignores the rest:
+    # bigger chunks would be found by their first half only (and crowd the prompt).
+    chunk_size: int = Field(
+        256, ge=64, description="Chunk size in tokens (the embedding model reads 256)."
+    )
+    chunk_overlap: int = Field(32, ge=0, description="Chunk overlap in tokens.")
     top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question (default).")
     tenant_plugins: list[str] = Field(
         default_factory=list,
