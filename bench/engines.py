@@ -1,7 +1,7 @@
 """Engines and app for the benchmarks: the bench tenant, the raw engine, the app subprocess.
 
-* The bench tenant: retrieval off (its retriever finds nothing; the retrieval call, its
-  registry lookup and the rest of the chat turn still run), one template for both sides.
+* The bench tenant: retrieval off (its retriever finds nothing; the retrieval call and the
+  rest of the chat turn still run), one template for both sides.
 * The raw engine: a bare `AsyncLLM` built by the product's own builder, so every engine
   argument is the product's; helpers to render a prompt and stream one request from it.
 * The app: `python -m bench.engines serve` is `tenantllm serve` plus the bench tenant,

@@ -64,6 +64,16 @@ def list_documents(session: Session, tenant_id: str) -> list[DocumentRow]:
     return list(session.scalars(stmt))
 
 
+def registered_ids(session: Session, tenant_id: str, document_ids: set[str]) -> set[str]:
+    """Those of `document_ids` that are this tenant's registered documents."""
+    if not document_ids:
+        return set()
+    stmt = select(DocumentRow.id).where(
+        DocumentRow.tenant_id == tenant_id, DocumentRow.id.in_(sorted(document_ids))
+    )
+    return set(session.scalars(stmt))
+
+
 @dataclass(frozen=True)
 class IngestOutcome:
     """What happened to one file of an ingest batch."""

@@ -262,8 +262,12 @@ class KnowledgeService:
         k = top_k or tenant.top_k or self.settings.top_k
         factory = tenant.retriever_factory or default_retriever
         results = factory(self._index(tenant), k).retrieve(query)
+        if not results:
+            return []
+        # Only the returned ids are looked up: the cost does not grow with the tenant's documents.
+        returned = {str(r.node.metadata.get(DOCUMENT_KEY)) for r in results}
         with session_scope(self._db_url) as session:
-            known = {r.id for r in documents.list_documents(session, tenant.id)}
+            known = documents.registered_ids(session, tenant.id, returned)
         sources = []
         for result in results:
             meta = result.node.metadata

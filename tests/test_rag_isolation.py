@@ -187,3 +187,41 @@ def test_tenant_directories_are_separate(service: KnowledgeService) -> None:
     dirs = {service.tenant_dir(t) for t in service.tenants.all()}
     assert len(dirs) == len(TENANTS)
     assert all(isinstance(d, Path) and d.parent.name == "tenants" for d in dirs)
+
+
+def test_stray_vectors_in_a_store_are_never_returned(
+    service: KnowledgeService, finance_canary: str
+) -> None:
+    """The second guard: chunks in sales' store that are not sales' registered documents.
+
+    A stray vector (restored from an old backup, left by a crash between the store and the
+    registry, or planted) claims either another tenant or a document sales never registered.
+    """
+    from llama_index.core.schema import TextNode
+
+    from core.chunking import DOCUMENT_KEY, TENANT_KEY
+    from core.vectorstore import embedding_model
+
+    sales = service.tenants.get("sales")
+    finance_id = next(d.id for d in service.list_documents(service.tenants.get("finance")))
+    text = f"Sales stray chunk about the annual discount: {finance_canary}"
+    strays = [
+        TextNode(text=text, metadata={TENANT_KEY: "finance", DOCUMENT_KEY: finance_id}),
+        TextNode(text=text, metadata={TENANT_KEY: "sales", DOCUMENT_KEY: finance_id}),
+        TextNode(text=text, metadata={TENANT_KEY: "sales", DOCUMENT_KEY: uuid.uuid4().hex}),
+    ]
+    vector = embedding_model().get_text_embedding(text)
+    for node in strays:
+        node.embedding = vector
+    store = service._index(sales).vector_store
+    store.add(strays)
+    try:
+        raw = store.client.get(ids=[n.node_id for n in strays])
+        assert len(raw["ids"]) == 3  # they are in the store, right next to the question
+        sources = service.retrieve(sales, text, top_k=10)
+        assert sources, "sales' own demo documents are still found"
+        assert all(finance_canary not in s.snippet for s in sources)
+        own = {d.id for d in service.list_documents(sales)}
+        assert {s.document_id for s in sources} <= own
+    finally:
+        store.delete_nodes(node_ids=[n.node_id for n in strays])
