@@ -285,6 +285,18 @@ class KnowledgeService:
             )
         return sources[:k]
 
+    def open_stores(self) -> None:
+        """Open every tenant's store now, so that no tenant's first question waits for it.
+
+        Opening loads the embedding model and llama-index's defaults (about 0.5 s the first
+        time). A store that cannot open is logged; its tenant's questions then report it.
+        """
+        for tenant in self.tenants.all():
+            try:
+                self._index(tenant)
+            except Exception:
+                log.exception("the document store of %s could not be opened", tenant.id)
+
     def ensure_demo_documents(self) -> None:
         """Ingest `assets/demo_docs/<tenant>/` for every tenant that has such a folder, once."""
         for tenant in self.tenants.all():

@@ -23,19 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class EngineState:
-    """Where the background start (engine, then demo documents) stands."""
+    """Where the background start (engine, then demo documents and stores) stands."""
 
     def __init__(self) -> None:
         self.error: str | None = None
-        self.started = False  # engine up and demo documents in: ready for users
+        self.started = False  # engine up, demo documents in, stores open: ready for users
         self.task: asyncio.Task[None] | None = None
 
 
-async def _ingest_demo_documents(services: Services) -> None:
+async def _prepare_knowledge(services: Services) -> None:
     try:
         await asyncio.to_thread(services.knowledge.ensure_demo_documents)
     except Exception:  # missing demo documents must not keep the app from serving
         log.exception("demo documents could not be ingested")
+    await asyncio.to_thread(services.knowledge.open_stores)
 
 
 async def _start_engine(services: Services, state: EngineState) -> None:
@@ -45,7 +46,7 @@ async def _start_engine(services: Services, state: EngineState) -> None:
         if services.engine is not None:
             await services.engine.start()
             log.info("engine ready: %s", services.settings.model)
-        await _ingest_demo_documents(services)
+        await _prepare_knowledge(services)
         state.started = True
     except Exception as exc:  # the app keeps serving; /readyz says why it is not ready
         state.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"

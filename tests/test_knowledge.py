@@ -190,6 +190,30 @@ def test_demo_documents_are_ingested_once(tmp_path: Path) -> None:
     assert sales and all(s.filename in os.listdir(DEMO_DOCS_DIR / "sales") for s in sales)
 
 
+def test_open_stores_opens_each_tenant_and_survives_a_broken_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Startup opens every store (no slow first question); one broken store spoils nothing."""
+    from dataclasses import replace
+
+    from core.tenancy import TenantRegistry
+
+    def broken_store(tenant_id: str, directory: Path) -> object:
+        raise OSError("disk gone")
+
+    base = make_service(tmp_path)
+    sales = replace(base.tenants.get("sales"), store_factory=broken_store)
+    others = [t for t in base.tenants.all() if t.id != "sales"]
+    service = KnowledgeService(base.settings, TenantRegistry([sales, *others]))
+    service.open_stores()
+    assert set(service._indexes) == {t.id for t in others}
+    assert "document store of sales could not be opened" in caplog.text
+    finance = service.tenants.get("finance")
+    [outcome] = service.ingest(finance, [write(tmp_path, "q.txt", "Quarter close is day 5.")], "t")
+    assert outcome.status == "indexed"
+    assert service.retrieve(finance, "When is quarter close?")
+
+
 def test_cli_ingest_docs_rm_reindex(tmp_path: Path) -> None:
     env = {**os.environ, "TENANTLLM_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
 
