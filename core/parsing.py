@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import multiprocessing
+import multiprocessing.forkserver
 import re
 import resource
 from collections.abc import Callable
@@ -153,8 +154,13 @@ def _worker_context() -> multiprocessing.context.ForkServerContext:
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
         # Import the parsers once in the fork server, so each per-file fork starts instantly.
+        # Each child also re-runs the main script; our entry points (`tenantllm`, app.py)
+        # import core.cli, ~1 s per uploaded file unless the server already holds it.
+        # (Preloading "__main__" would do, but Python < 3.13.8 ignores it: CPython
+        # gh-137996.)
         ctx.set_forkserver_preload(
             [
+                "core.cli",
                 "core.parsing",
                 "llama_index.readers.file.docs.base",
                 "bs4",
@@ -162,6 +168,15 @@ def _worker_context() -> multiprocessing.context.ForkServerContext:
         )
         _context = ctx
     return _context
+
+
+def start_parser() -> None:
+    """Start the parsers' fork server now (2-4 s: it imports the parsers and the CLI).
+
+    Called at startup, so that the first upload after a restart does not wait for it.
+    """
+    _worker_context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def parse_in_sandbox(

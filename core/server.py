@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from core import parsing
 from core.config import Settings
 from core.errors import TenantLLMError
 from core.services import Services, build_services
@@ -37,6 +38,7 @@ async def _prepare_knowledge(services: Services) -> None:
     except Exception:  # missing demo documents must not keep the app from serving
         log.exception("demo documents could not be ingested")
     await asyncio.to_thread(services.knowledge.open_stores)
+    await asyncio.to_thread(parsing.start_parser)
 
 
 async def _start_engine(services: Services, state: EngineState) -> None:
