@@ -13,7 +13,12 @@ actually produced are counted. The two sides never run at once: the app's engine
 (its CPU use is recorded) while (a) runs and vice versa, alternating A-B then B-A per
 concurrency level, so slow drift of the machine hits both alike.
 
-The app subprocess, the raw engine and the bench tenant are in bench/engines.py.
+Then time to first token, where a difference of a few ms matters, is measured apart: (a), (b)
+and (c) vLLM's own OpenAI server over HTTP, one request each per round in rotating order with a
+pause between requests; (c) - (a) is what serving over HTTP costs at all, (b) - (c) what the
+product's layer adds. The TTFT target is judged on these paired rounds.
+
+The app subprocess, the raw engine, vLLM's server and the bench tenant are in bench/engines.py.
 """
 
 from __future__ import annotations
@@ -230,6 +235,12 @@ def _ttft_table(result: BenchResult, decomposition: dict[str, Any]) -> dict[str,
             rows,
         )
     )
+    # The target is judged here, not on the pooled runs above: 30 paired rounds on a quiet
+    # machine vs 8 requests per side (those swung from +20 to -8 ms between two runs).
+    added = data["app"]["added_over_raw_ms"]
+    result.targets.append(
+        target("overhead: TTFT p50 added at concurrency 1 (paired)", added, "ms", "<=", 15)
+    )
     http_cost = data["vllm_http"]["added_over_raw_ms"]
     ours = data["app"]["added_over_vllm_http_ms"]
     result.notes.append(
@@ -304,10 +315,6 @@ def _throughput_table(result: BenchResult, measured: dict[str, Any]) -> dict[str
         )
         name = f"overhead: throughput app/raw at concurrency {conc}"
         result.targets.append(target(name, tput, "x", ">=", 0.95))
-    added_1 = data["1"]["ttft_p50_added_ms"]
-    result.targets.append(
-        target("overhead: TTFT p50 added at concurrency 1", added_1, "ms", "<=", 15)
-    )
     headers = [
         "concurrency",
         "raw tok/s",
