@@ -56,7 +56,7 @@ from bench.engines import (
 
 CONCURRENCY = (1, 4, 16)
 TTFT_SIDES = ("raw", "vllm_http", "app")
-QUIET_S = 1.3
+QUIET_S = 1.05
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -180,7 +180,7 @@ async def _paired_ttft(
             for i in range(3):
                 await call(i)
         ttft: dict[str, list[float]] = {side: [] for side in TTFT_SIDES}
-        for i in range(ctx.scale(30, 3)):
+        for i in range(ctx.scale(20, 3)):
             for k in range(len(TTFT_SIDES)):
                 side = TTFT_SIDES[(i + k) % len(TTFT_SIDES)]
                 ttft[side].append((await calls[side](i)).ttft * 1000.0)
@@ -235,7 +235,7 @@ def _ttft_table(result: BenchResult, decomposition: dict[str, Any]) -> dict[str,
             rows,
         )
     )
-    # The target is judged here, not on the pooled runs above: 30 paired rounds on a quiet
+    # The target is judged here, not on the pooled runs above: 20 paired rounds on a quiet
     # machine vs 8 requests per side (those swung from +20 to -8 ms between two runs).
     added = data["app"]["added_over_raw_ms"]
     result.targets.append(

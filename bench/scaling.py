@@ -21,7 +21,7 @@ from bench.common import (
 )
 from bench.engines import QUESTIONS, bench_tenant
 
-RESERVE_S = 300.0  # what the retrieval benchmark and the report need after this one
+RESERVE_S = 240.0  # what the retrieval benchmark and the report need after this one
 
 
 async def _request(
