@@ -247,7 +247,7 @@ def _big_size(ctx: BenchContext, rate: float) -> int:
     Keeps ~2 minutes for the rest of this benchmark and the report.
     """
     wanted = ctx.scale(100_000, 3_000)
-    allowance = min(240.0, ctx.remaining() - 120.0)
+    allowance = min(240.0, ctx.remaining() - 90.0)  # 90 s: its queries, ten tenants, report
     step = ctx.scale(10_000, 1_000)
     fits = int(rate * allowance) // step * step
     return max(0, min(wanted, fits))

@@ -79,7 +79,8 @@ def run(ctx: BenchContext) -> BenchResult:
         if data and ctx.remaining() < RESERVE_S:  # keep the budget for what comes after
             result.notes.append(f"Stopped before concurrency {conc}: time budget.")
             break
-        load = ctx.run(closed_loop(call, ctx.scale(max(4, 2 * conc), conc), conc))
+        # Two waves of requests per level, one at 64 (its wave alone is ~30 s on 2 cores).
+        load = ctx.run(closed_loop(call, ctx.scale(max(4, min(2 * conc, 64)), conc), conc))
         ttft = load.ttft_ms()
         data[conc] = {
             "tokens_per_s": load.tokens_per_s,
