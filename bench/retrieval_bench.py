@@ -244,7 +244,7 @@ def _stats_row(label: str, chunks: int, m: dict[str, Any]) -> list[Any]:
 def _big_size(ctx: BenchContext, rate: float) -> int:
     """The biggest store (100k) or what can be filled in the time budget left, in 10k steps.
 
-    Keeps ~2 minutes for the rest of this benchmark and the report.
+    Keeps 90 s for the rest of this benchmark and the report.
     """
     wanted = ctx.scale(100_000, 3_000)
     allowance = min(240.0, ctx.remaining() - 90.0)  # 90 s: its queries, ten tenants, report

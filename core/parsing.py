@@ -156,8 +156,7 @@ def _worker_context() -> multiprocessing.context.ForkServerContext:
         # Import the parsers once in the fork server, so each per-file fork starts instantly.
         # Each child also re-runs the main script; our entry points (`tenantllm`, app.py)
         # import core.cli, ~1 s per uploaded file unless the server already holds it.
-        # (Preloading "__main__" would do, but Python < 3.13.8 ignores it: CPython
-        # gh-137996.)
+        # (Preloading "__main__" would do, but Python 3.11 ignores it: CPython gh-137996.)
         ctx.set_forkserver_preload(
             [
                 "core.cli",
