@@ -176,7 +176,7 @@ def build_documents_tab(services: Services, team: gr.Dropdown) -> DocumentsView:
     note = gr.Markdown(elem_id="docs-note")
     with gr.Column(visible=False, elem_id="docs-editor") as editor_box:
         files = gr.File(
-            label=f"Add documents (PDF, Word, text, Markdown, HTML; up to "
+            label=f"Add documents (PDF, Word, text, Markdown, HTML, CSV; up to "
             f"{services.settings.max_upload_mb} MB each)",
             file_count="multiple",
             elem_id="docs-upload",
