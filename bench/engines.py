@@ -156,6 +156,22 @@ def shutdown_engine(llm: Any) -> None:
 
 
 # --- the app over HTTP -----------------------------------------------------------------------
+def _wait_until_up(
+    proc: subprocess.Popen[bytes], url: str, log_path: Path, started: float, timeout: float
+) -> None:
+    """Poll `url` until it answers 200; a server that exits or stays down raises with its log."""
+    import httpx
+
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(1)
+    raise RuntimeError(f"{url} not ready in time:\n{log_path.read_text()[-3000:]}")
+
+
 class AppProcess:
     """`python -m bench.engines serve` on a scratch data dir, with an API key for `bench`."""
 
@@ -188,8 +204,6 @@ class AppProcess:
 
     def start(self, timeout: float = 600) -> float:
         """Start the server and wait until /readyz; returns the seconds it took."""
-        import httpx
-
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -199,14 +213,8 @@ class AppProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError("app exited early:\n" + self.log_path.read_text()[-3000:])
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(1)
-        raise RuntimeError("app not ready in time:\n" + self.log_path.read_text()[-3000:])
+        _wait_until_up(self.proc, f"{self.base_url}/readyz", self.log_path, started, timeout)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         """Terminate the server (its lifespan stops the engine)."""
@@ -249,22 +257,14 @@ class VllmServer:
 
     def start(self, timeout: float = 600) -> float:
         """Start the server and wait until /health; returns the seconds it took."""
-        import httpx
-
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError("vLLM server exited:\n" + self.log_path.read_text()[-3000:])
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(1)
-        raise RuntimeError("vLLM server not ready:\n" + self.log_path.read_text()[-3000:])
+        _wait_until_up(self.proc, f"{self.base_url}/health", self.log_path, started, timeout)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         """Terminate the server and its engine core (its own process group)."""

@@ -61,6 +61,12 @@ QUIET_S = 1.05
 
 
 # --- the benchmark ---------------------------------------------------------------------------
+def _bench_prompts(llm: Any) -> tuple[list[list[dict[str, str]]], list[tuple[list[int], str]]]:
+    """The bench tenant's rendered messages per question, and the raw engine's token ids."""
+    messages = [bench_tenant().prompt.render(question=q, sources=[], history=[]) for q in QUESTIONS]
+    return messages, [raw_prompt(llm, m) for m in messages]
+
+
 def _summary(runs: list[LoadResult]) -> dict[str, float]:
     ttft = [t for r in runs for t in r.ttft_ms()]
     tokens = sum(x.tokens for r in runs for x in r.requests)
@@ -116,8 +122,7 @@ async def _measure(ctx: BenchContext, app: AppProcess, llm: Any) -> dict[str, An
     import httpx
 
     max_tokens = ctx.scale(48, 16)
-    messages = [bench_tenant().prompt.render(question=q, sources=[], history=[]) for q in QUESTIONS]
-    prompts = [raw_prompt(llm, m) for m in messages]
+    _, prompts = _bench_prompts(llm)
 
     def raw(i: int) -> Any:
         return raw_request(llm, prompts[i % len(prompts)], max_tokens, ctx.seed)
@@ -163,8 +168,7 @@ async def _paired_ttft(
     per round in rotating order, so drift and order hit every side alike."""
     import httpx
 
-    messages = [bench_tenant().prompt.render(question=q, sources=[], history=[]) for q in QUESTIONS]
-    prompts = [raw_prompt(llm, m) for m in messages]
+    messages, prompts = _bench_prompts(llm)
     n, tokens = len(QUESTIONS), 4  # TTFT is the first token; a few more end each request soon
     async with (
         httpx.AsyncClient(base_url=app.base_url, timeout=600) as to_app,
