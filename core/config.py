@@ -7,6 +7,7 @@ Every field is documented in the README's "Settings" table (a test checks it).
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,9 @@ from core.errors import ConfigError
 
 # Values that must never be used outside development mode.
 DEV_PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105
+DEV_CLIENT_SECRET = "tenantllm-secret"  # noqa: S105  (the demo IdP's client secret)
+MIN_SECRET_LENGTH = 32
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
 
 
 class Settings(BaseSettings):
@@ -83,6 +87,12 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(1536, ge=16, description="Longest prompt accepted, in tokens.")
     max_output_tokens: int = Field(512, ge=1, description="Largest `max_tokens` accepted.")
     default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when none is given.")
+    prefix_cache_scope: Literal["user", "tenant"] = Field(
+        "user",
+        description="Who shares vLLM's prefix cache (its `cache_salt`): `user` (no timing "
+        "channel between teammates; each user warms their own cache) or `tenant` (teammates "
+        "share cached prefixes such as the system prompt). Never shared across tenants.",
+    )
 
     # --- identity ------------------------------------------------------------------------
     oidc_issuer: str = Field(
@@ -90,10 +100,24 @@ class Settings(BaseSettings):
         description="Issuer URL of your IdP. Empty: `make run` starts a local demo provider.",
     )
     oidc_client_id: str = Field("tenantllm", description="OIDC client id.")
-    oidc_client_secret: str = Field("tenantllm-secret", description="OIDC client secret.")
+    oidc_client_secret: str = Field(DEV_CLIENT_SECRET, description="OIDC client secret.")
     oidc_groups_claim: str = Field("groups", description="Claim that carries the IdP groups.")
     oidc_audience: str = Field(
-        "", description="Audience expected in bearer access tokens (default: the client id)."
+        "",
+        description="Audience of JWT access tokens for the API (e.g. `tenantllm-api`): set, "
+        "they are verified locally (signature, iss, aud, exp). Empty: every bearer token is "
+        "checked at the IdP's userinfo endpoint. ID tokens are refused either way.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Other sites (origins like `https://tools.example.com`) allowed to call "
+        "the app from a browser with credentials (CORS). Empty: same origin only. JSON list.",
+    )
+    refusal_audit_window_seconds: int = Field(
+        60,
+        ge=1,
+        description="Refused credentials: the first few per client address are audited at "
+        "once, the rest of this window as one row with a count.",
     )
     group_mapping_file: Path = Field(
         Path("assets/group_mapping.yaml"), description="IdP groups -> tenant roles (YAML)."
@@ -142,6 +166,15 @@ class Settings(BaseSettings):
         description="Allow-list of third-party tenant plugins (entry-point names), JSON list.",
     )
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: list[str]) -> list[str]:
+        # "*" with credentials would let every site read signed-in answers.
+        for origin in value:
+            if not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://tools.example.com")
+        return [o.rstrip("/") for o in value]
+
     @field_validator("secret_key")
     @classmethod
     def _secret_not_empty(cls, value: str) -> str:
@@ -164,13 +197,42 @@ class Settings(BaseSettings):
 
 
 def check_production(settings: Settings) -> None:
-    """Refuse placeholder secrets outside development mode."""
+    """Refuse, in production mode, every dev-only default that would be unsafe there.
+
+    All problems are named at once (by their variable), so one restart fixes them all. Runs
+    when settings are loaded, i.e. before the engine or any identity provider is started.
+    """
     if settings.mode != "production":
         return
-    if settings.secret_key == DEV_PLACEHOLDER_SECRET:
-        raise ConfigError("TENANTLLM_SECRET_KEY must be set in production mode.")
+    problems = production_problems(settings)
+    if problems:
+        raise ConfigError("Refusing to start in production mode: " + "; ".join(problems) + ".")
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What `check_production` objects to, one sentence per setting."""
+    problems = []
+    if not settings.oidc_issuer:
+        # Without it `serve` would start the demo IdP: anyone signs in as anyone.
+        problems.append(
+            "TENANTLLM_OIDC_ISSUER must name your identity provider (the demo provider "
+            "signs anyone in without a password)"
+        )
+    if settings.secret_key == DEV_PLACEHOLDER_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH:
+        problems.append(
+            f"TENANTLLM_SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} "
+            "characters"
+        )
     if not settings.master_key:
-        raise ConfigError("TENANTLLM_MASTER_KEY must be set in production mode.")
+        problems.append("TENANTLLM_MASTER_KEY must be set")
+    if settings.oidc_client_secret == DEV_CLIENT_SECRET:
+        problems.append("TENANTLLM_OIDC_CLIENT_SECRET must be your client's secret, not the demo's")
+    if not settings.public_url.startswith("https://"):
+        # Session cookies are Secure in production: over plain http sign-in cannot work.
+        problems.append("TENANTLLM_PUBLIC_URL must be the https:// address users open")
+    if "*" in settings.allowed_hosts:
+        problems.append("TENANTLLM_ALLOWED_HOSTS must list host names, not '*'")
+    return problems
 
 
 def _unknown_env_settings() -> list[str]:
