@@ -218,7 +218,8 @@ def production_problems(settings: Settings) -> list[str]:
             "TENANTLLM_OIDC_ISSUER must name your identity provider (the demo provider "
             "signs anyone in without a password)"
         )
-    if settings.secret_key == DEV_PLACEHOLDER_SECRET or len(settings.secret_key) < MIN_SECRET_LENGTH:
+    secret = settings.secret_key
+    if secret == DEV_PLACEHOLDER_SECRET or len(secret) < MIN_SECRET_LENGTH:
         problems.append(
             f"TENANTLLM_SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} "
             "characters"
