@@ -31,6 +31,7 @@ from core.chunking import (
     delete_filter,
 )
 from core.config import Settings
+from core.datadir import secure_data_dir
 from core.db import session_scope
 from core.documents import DocumentInfo, IngestOutcome, document_info
 from core.errors import IngestionError, NotFound
@@ -57,6 +58,8 @@ class KnowledgeService:
     def __init__(self, settings: Settings, tenants: TenantRegistry) -> None:
         self.settings = settings
         self.tenants = tenants
+        # Every entry point builds this service: each one gets a private data dir (0700).
+        secure_data_dir(settings.data_dir)
         self._db_url = settings.resolved_database_url
         # Resolved now so that a production deployment without a master key fails at startup.
         self._master = crypto.master_key(settings)

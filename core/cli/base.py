@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from core.datadir import restrict_umask
 from core.errors import TenantLLMError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -18,6 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.group()
 def main() -> None:
     """tenantllm: several teams share one self-hosted LLM, safely."""
+    restrict_umask()  # every file any command writes (database, stores, uploads) is 0600
 
 
 def user_errors(func: F) -> F:

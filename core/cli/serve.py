@@ -9,6 +9,7 @@ import click
 
 from core.cli.base import configure_logging, main, user_errors
 from core.config import Settings, get_settings
+from core.datadir import prepare_private_data_dir
 
 
 @contextlib.contextmanager
@@ -35,6 +36,7 @@ def serve_app(settings: Settings) -> None:
     from core.server import create_app
 
     resolve_model(settings)  # a wrong model path is a clear error now, not in the background
+    prepare_private_data_dir(settings.data_dir)  # 0700, and Gradio's temp dir inside it
     with identity_provider(settings) as effective:
         app = create_app(effective)
         click.echo(f"tenantllm is starting: open {effective.base_url} in your browser.")
