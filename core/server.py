@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from core import parsing
 from core.config import Settings
 from core.errors import TenantLLMError
+from core.security_headers import install_security_headers
 from core.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -146,4 +147,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(api_router)
     _add_login_redirect(app)
     install_auth(app, services)
+    # Last middleware added = outermost: the headers reach every response, errors included.
+    install_security_headers(app, settings)
     return mount_ui(app, services)

@@ -19,7 +19,7 @@ from core import conversations as conv
 from core.chat import ChatRequest, start_chat_turn
 from core.errors import InvalidRequest, TenantLLMError
 from core.services import Services
-from core.ui.render import plain_inline, safe_markdown
+from core.ui.render import answer_html, inline_text, sanitize_html
 from core.ui.session import check, client_of, principal_of, shown_as_error, user_message
 
 log = logging.getLogger(__name__)
@@ -29,24 +29,25 @@ IDLE_LABEL = "Assistant"
 BUSY_LABEL = "Assistant · answering…"
 
 
-def sources_markdown(sources: list[dict[str, Any]]) -> str:
-    """The sources under an answer: document name, page/section, a snippet (all inert)."""
+def sources_html(sources: list[dict[str, Any]]) -> str:
+    """The sources under an answer: document name, page/section, a snippet (all escaped)."""
     if not sources:
-        return "No document of this team matched; the answer is from the model alone."
+        return "<p>No document of this team matched; the answer is from the model alone.</p>"
     blocks = []
     for i, src in enumerate(sources, 1):
-        where = f" · {plain_inline(src.get('location', ''), 80)}" if src.get("location") else ""
-        block = f"**{i}. {plain_inline(src.get('filename', '?'), 120)}**{where}"
-        snippet = plain_inline(src.get("snippet", ""), 280)
-        blocks.append(f"{block}\n\n> {snippet}" if snippet else block)
-    return "\n\n".join(blocks)
+        where = f" · {inline_text(src.get('location', ''), 80)}" if src.get("location") else ""
+        block = f"<p><strong>{i}. {inline_text(src.get('filename', '?'), 120)}</strong>{where}</p>"
+        snippet = inline_text(src.get("snippet", ""), 280)
+        blocks.append(f"{block}<blockquote><p>{snippet}</p></blockquote>" if snippet else block)
+    # The same sanitiser as answers: one safe path for everything the chat shows.
+    return sanitize_html("\n".join(blocks))
 
 
 def to_chat_messages(messages: list[conv.StoredMessage]) -> list[dict[str, Any]]:
-    """Stored messages as Chatbot messages: safe markdown, sources as a collapsible block."""
+    """Stored messages as Chatbot messages: inert HTML, sources as a collapsible block."""
     shown: list[dict[str, Any]] = []
     for message in messages:
-        shown.append({"role": message.role, "content": safe_markdown(message.content)})
+        shown.append({"role": message.role, "content": answer_html(message.content)})
         if message.role == "assistant":
             shown.append(_sources_message(message.sources))
     return shown
@@ -56,7 +57,7 @@ def _sources_message(sources: list[dict[str, Any]]) -> dict[str, Any]:
     title = f"Sources ({len(sources)})" if sources else "Sources (none)"
     return {
         "role": "assistant",
-        "content": sources_markdown(sources),
+        "content": sources_html(sources),
         # No "done" status: Gradio then shows the block open; a click folds it away.
         "metadata": {"title": title},
     }
@@ -105,7 +106,7 @@ async def send_message(
             if conversation_id
             else []
         )
-    shown = [*to_chat_messages(stored), {"role": "user", "content": safe_markdown(question)}]
+    shown = [*to_chat_messages(stored), {"role": "user", "content": answer_html(question)}]
     pending = [*shown, {"role": "assistant", "content": "…"}]
     yield _busy(pending), conversation_id, gr.update(), ""
     ip, agent = client_of(request)
@@ -137,12 +138,12 @@ async def send_message(
             answer = chunk.text
             # Sources are known before the first token: shown under the answer from the start,
             # so they stay visible when the person stops the answer.
-            answer_msg = {"role": "assistant", "content": safe_markdown(answer)}
+            answer_msg = {"role": "assistant", "content": answer_html(answer)}
             yield _busy([*shown, answer_msg, sources_msg]), conversation_id, choices, ""
         finished = True
     except TenantLLMError as exc:
         yield (
-            _idle([*shown, {"role": "assistant", "content": safe_markdown(answer)}]),
+            _idle([*shown, {"role": "assistant", "content": answer_html(answer)}]),
             (conversation_id),
             choices,
             "",
@@ -162,7 +163,7 @@ async def send_message(
             conversation_id,
             [conv.StoredMessage("user", question), conv.StoredMessage("assistant", saved, sources)],
         )
-    final = [*shown, {"role": "assistant", "content": safe_markdown(answer)}]
+    final = [*shown, {"role": "assistant", "content": answer_html(answer)}]
     yield _idle([*final, sources_msg]), conversation_id, choices, ""
 
 
@@ -264,7 +265,9 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
                 height="60vh",
                 sanitize_html=True,
                 allow_tags=False,
-                render_markdown=True,
+                # Messages are already inert HTML (core/ui/render.py): the browser must not
+                # parse them as markdown again, or escaped markdown would become live.
+                render_markdown=False,
                 feedback_options=None,
                 buttons=["copy"],
                 placeholder="Ask a question about your team's documents.",

@@ -23,7 +23,7 @@ from core.errors import InvalidRequest, TenantLLMError
 from core.identity import Principal
 from core.knowledge import IngestOutcome
 from core.services import Services
-from core.ui.render import plain_inline
+from core.ui.render import inline_markdown
 from core.ui.session import check, may, principal_of, record_ok, shown_as_error, user_message
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
                 raise InvalidRequest("This document is not in the team's list any more.")
             return gr.update(
                 visible=True
-            ), f"Delete **{plain_inline(name)}** from the team's knowledge?"
+            ), f"Delete **{inline_markdown(name)}** from the team's knowledge?"
 
     private: dict[str, Any] = {"api_visibility": "private"}
     reload_out = [v.table, v.doc_pick, v.editor_box, v.delete_row, v.note]
