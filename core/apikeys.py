@@ -2,8 +2,13 @@
 
 A key is `tlm_<id>_<secret>` with 256 bits of randomness; only its SHA-256 is stored (a
 high-entropy secret needs no slow hash), so the database never holds a usable key. Each key is
-bound to one tenant and one role (`member` or `editor`). Who may create or revoke keys is
-decided by the caller with `authorize(..., "manage_keys")`; callers audit what they do.
+bound to one tenant and one role (`member` or `editor`). Who may create keys is decided by
+the caller with `authorize(..., "manage_keys")`; callers audit what they do.
+
+What a caller may SEE is decided here, in the query: `visible_keys` and `revoke_key(...,
+principal=...)` take the principal and only ever read the keys of teams it may manage (every
+team for an admin). The UI once answered a sales editor's key creation with every team's key
+list (issue 12, item 2): filtering after the fact is what went missing there.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import DateTime, String, select
+from sqlalchemy import DateTime, Select, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.config import Settings
 from core.db import Base, session_scope
 from core.errors import InvalidRequest, NotAuthenticated, NotFound
 from core.identity import TENANT_ROLES, Principal, Role
+from core.rbac import is_allowed
 from core.sessions import aware, utcnow
 
 KEY_PREFIX = "tlm_"
@@ -152,7 +158,10 @@ def create_key(
 
 
 def list_keys(settings: Settings, tenant_id: str | None = None) -> list[ApiKeyInfo]:
-    """Keys, newest first; only `tenant_id`'s when given."""
+    """Every team's keys (only `tenant_id`'s when given), newest first, for no one in particular.
+
+    Anything shown to a caller goes through `visible_keys` instead.
+    """
     query = select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc())
     if tenant_id is not None:
         query = query.where(ApiKeyRow.tenant_id == tenant_id)
@@ -160,10 +169,47 @@ def list_keys(settings: Settings, tenant_id: str | None = None) -> list[ApiKeyIn
         return [_info(row) for row in db.scalars(query)]
 
 
-def revoke_key(settings: Settings, key_id: str, tenant_id: str | None = None) -> ApiKeyInfo:
-    """Revoke a key (idempotent). With `tenant_id`, a key of another tenant is NotFound."""
+def managed_tenants(principal: Principal) -> list[str] | None:
+    """The tenants whose keys `principal` may manage; None means every tenant (an admin)."""
+    if principal.is_admin:
+        return None
+    return sorted(t for t in principal.tenant_roles if is_allowed(principal, t, "manage_keys"))
+
+
+def _visible_to(query: Select[ApiKeyRow], principal: Principal) -> Select[ApiKeyRow]:
+    # In SQL, so that no caller can forget the filter: a member or an API key sees nothing.
+    tenants = managed_tenants(principal)
+    return query if tenants is None else query.where(ApiKeyRow.tenant_id.in_(tenants))
+
+
+def visible_keys(
+    settings: Settings, principal: Principal, tenant_id: str | None = None
+) -> list[ApiKeyInfo]:
+    """The keys of the teams `principal` may manage, newest first; only `tenant_id`'s if given."""
+    query = _visible_to(select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc()), principal)
+    if tenant_id is not None:
+        query = query.where(ApiKeyRow.tenant_id == tenant_id)
     with session_scope(settings.resolved_database_url) as db:
-        row = db.get(ApiKeyRow, key_id)
+        return [_info(row) for row in db.scalars(query)]
+
+
+def revoke_key(
+    settings: Settings,
+    key_id: str,
+    tenant_id: str | None = None,
+    *,
+    principal: Principal | None = None,
+) -> ApiKeyInfo:
+    """Revoke a key (idempotent).
+
+    With `tenant_id`, a key of another tenant is NotFound; with `principal`, so is a key of a
+    team it may not manage (the same answer as an unknown id: no oracle for other teams' ids).
+    """
+    query = select(ApiKeyRow).where(ApiKeyRow.id == key_id)
+    if principal is not None:
+        query = _visible_to(query, principal)
+    with session_scope(settings.resolved_database_url) as db:
+        row = db.scalars(query).first()
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             raise NotFound(f"No API key with id '{key_id}'.")
         if row.revoked_at is None:

@@ -84,7 +84,7 @@ def create(tenant_id: str, role: str, expires: str | None) -> None:
 def list_(tenant_id: str | None, as_json: bool) -> None:
     """List keys (never their secrets)."""
     settings = _prepared_settings()
-    for key in apikeys.list_keys(settings, tenant_id):
+    for key in apikeys.visible_keys(settings, operator_principal(), tenant_id):
         state = "revoked" if key.revoked_at else ("active" if key.active else "expired")
         expires = key.expires_at.isoformat() if key.expires_at else "never"
         if as_json:
@@ -111,6 +111,6 @@ def list_(tenant_id: str | None, as_json: bool) -> None:
 def revoke(key_id: str) -> None:
     """Revoke a key: it stops working at once."""
     settings = _prepared_settings()
-    info = apikeys.revoke_key(settings, key_id)
+    info = apikeys.revoke_key(settings, key_id, principal=operator_principal())
     _record(settings, "api_key_revoke", info.tenant_id, f"key {info.id}")
     click.echo(f"Revoked key {info.id} (team {info.tenant_id}).")

@@ -3,6 +3,10 @@
 Hidden for everyone else (visibility set per session at page load); every handler authorizes
 again (`view_admin`, `manage_keys`). A new key's secret is shown once, in this session's
 textbox only, and never stored in plain text (core/apikeys.py keeps a hash).
+
+Outputs are scoped like actions: the key list any handler returns is read for the caller
+(`apikeys.visible_keys`), so an editor of sales who creates or revokes a sales key gets the
+keys of the teams they manage, never every team's (issue 12, item 2).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pandas as pd
 
 from core import apikeys
 from core.errors import InvalidRequest
+from core.identity import Principal
 from core.services import Services
 from core.ui.session import check, principal_of, record_ok, shown_as_error
 
@@ -47,8 +52,8 @@ async def engine_markdown(services: Services) -> str:
     )
 
 
-def keys_frame(services: Services) -> pd.DataFrame:
-    """All API keys (never their secrets)."""
+def keys_frame(services: Services, principal: Principal) -> pd.DataFrame:
+    """The API keys of the teams `principal` may manage (never their secrets)."""
     rows = [
         [
             k.id,
@@ -59,7 +64,7 @@ def keys_frame(services: Services) -> pd.DataFrame:
             k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never",
             "yes" if k.revoked_at else "",
         ]
-        for k in apikeys.list_keys(services.settings)
+        for k in apikeys.visible_keys(services.settings, principal)
     ]
     return pd.DataFrame(rows, columns=KEY_COLUMNS)
 
@@ -72,7 +77,7 @@ async def overview(services: Services, request: gr.Request) -> tuple[Any, ...]:
         return (
             tenants_frame(services),
             mapping_frame(services),
-            keys_frame(services),
+            keys_frame(services, principal),
             await engine_markdown(services),
         )
 
@@ -97,20 +102,23 @@ def create_key(
         )
         record_ok(services, principal, "ui_create_key", team, request, created.key.id)
         gr.Info("Key created. Copy it now: it is not shown again.")
-        return created.secret, keys_frame(services)
+        return created.secret, keys_frame(services, principal)
 
 
-def revoke_key(services: Services, key_id: str, request: gr.Request) -> pd.DataFrame:
-    """Revoke a key by id."""
+def revoke_key(services: Services, key_id: str | None, request: gr.Request) -> pd.DataFrame:
+    """Revoke a key by id: an admin any key, an editor their teams' keys."""
     with shown_as_error():
         principal = principal_of(request)
-        check(services, principal, None, "manage_keys", request)
-        if not key_id.strip():
+        if apikeys.managed_tenants(principal) == []:
+            check(services, principal, None, "manage_keys", request)  # refused and audited
+        key_id = (key_id or "").strip()
+        if not key_id:
             raise InvalidRequest("Type the id of the key to revoke.")
-        apikeys.revoke_key(services.settings, key_id.strip())
-        record_ok(services, principal, "ui_revoke_key", None, request, key_id.strip())
+        # Another team's key is NotFound, worded as for an unknown id.
+        info = apikeys.revoke_key(services.settings, key_id, principal=principal)
+        record_ok(services, principal, "ui_revoke_key", info.tenant_id, request, info.id)
         gr.Info("Key revoked.")
-        return keys_frame(services)
+        return keys_frame(services, principal)
 
 
 def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
@@ -146,7 +154,7 @@ def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
     def create(t: str | None, s: str, d: float | None, request: gr.Request):
         return create_key(services, t, s, d, request)
 
-    def revoke(key_id: str, request: gr.Request):
+    def revoke(key_id: str | None, request: gr.Request):
         return revoke_key(services, key_id, request)
 
     private: dict[str, Any] = {"api_visibility": "private"}
