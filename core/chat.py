@@ -173,6 +173,7 @@ class ChatTurn:
                     self.messages,
                     self.params,
                     tenant_id=self.tenant.id,
+                    user_id=self._audit.principal.subject,
                     request_id=self.request_id,
                     priority=self.tenant.priority,
                     lora_path=self.tenant.lora_path,

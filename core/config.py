@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         "channel between teammates; each user warms their own cache) or `tenant` (teammates "
         "share cached prefixes such as the system prompt). Never shared across tenants.",
     )
+    prefix_cache_scope: Literal["user", "tenant"] = Field(
+        "user",
+        description="Who shares vLLM's prefix cache (its `cache_salt`): `user` (no timing "
+        "channel between teammates; each user warms their own cache) or `tenant` (teammates "
+        "share cached prefixes such as the system prompt). Never shared across tenants.",
+    )
 
     # --- identity ------------------------------------------------------------------------
     oidc_issuer: str = Field(

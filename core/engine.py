@@ -3,18 +3,22 @@
 `vllm` (core/engine_vllm.py) runs vLLM's `AsyncLLM` in this process; `openai`
 (core/engine_remote.py) talks to a remote OpenAI-compatible vLLM server. Everything both
 backends must do the same way lives here: checking parameters and caps before anything reaches
-the engine, the per-tenant `cache_salt`, request ids.
+the engine, the `cache_salt`, request ids.
 
 Why the salt: vLLM's prefix cache reuses the KV blocks of an identical prompt prefix, and a
-hit is measurably faster, so without a salt one tenant could probe which prompts another tenant
-sent (CVE-2025-46570). The salt is derived here from the tenant id and the deployment's secret;
-callers cannot pass one.
+hit is measurably faster, so without a salt one caller could probe which prompts another
+sent (CVE-2025-46570). The salt is derived here from the deployment's secret, the tenant id
+and, with `TENANTLLM_PREFIX_CACHE_SCOPE=user` (the default), the user: then not even a
+teammate can time another user's prompts; `tenant` lets teammates share cached prefixes (the
+tenant's system prompt) at the price of that channel inside the team. Two tenants never share
+a salt whatever the setting. Callers cannot pass a salt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
@@ -48,6 +52,7 @@ class GenerationChunk:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (0 if unknown)
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,27 @@ class EngineRequest:
     lora_path: str | None
 
 
-def cache_salt(secret_key: str, tenant_id: str) -> str:
-    """The prefix-cache salt of a tenant: stable per tenant, unguessable without the secret."""
-    message = f"tenantllm-cache-salt:{tenant_id}".encode()
-    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+def cache_salt(secret_key: str, tenant_id: str, user_id: str | None = None) -> str:
+    """The prefix-cache salt of a tenant, or of one user in it (`user_id`).
+
+    Stable, and unguessable without the secret. A user's salt is built from a different
+    message than any tenant's (a JSON pair, so no choice of ids can make two messages equal).
+    """
+    if user_id is None:
+        message = f"tenantllm-cache-salt:{tenant_id}"
+    else:
+        message = "tenantllm-cache-salt-user:" + json.dumps([tenant_id, user_id])
+    return hmac.new(secret_key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def request_cache_salt(settings: Settings, tenant_id: str, user_id: str | None) -> str:
+    """The salt of one request under `settings.prefix_cache_scope`.
+
+    A request with no user (the CLI's local direct tenant, benchmarks) gets its tenant's salt.
+    """
+    if settings.prefix_cache_scope == "user" and user_id:
+        return cache_salt(settings.secret_key, tenant_id, user_id)
+    return cache_salt(settings.secret_key, tenant_id)
 
 
 class Engine(ABC):
@@ -135,6 +157,7 @@ class Engine(ABC):
         params: GenerationParams,
         *,
         tenant_id: str,
+        user_id: str | None = None,
         request_id: str | None = None,
         priority: int = 0,
         lora_path: str | None = None,
@@ -142,6 +165,9 @@ class Engine(ABC):
         max_output_tokens: int | None = None,
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream an answer to `messages` for `tenant_id`, chunk by chunk (cumulative text).
+
+        `user_id` (the principal's subject) picks the prefix-cache salt when the scope is
+        `user`; see the module docstring.
 
         The caps (`max_prompt_tokens` / `max_output_tokens`, default: the settings; a tenant
         may override them) are checked here, before the engine sees anything, raising
@@ -164,7 +190,7 @@ class Engine(ABC):
         request = EngineRequest(
             request_id=request_id or uuid.uuid4().hex,
             tenant_id=tenant_id,
-            cache_salt=cache_salt(self.settings.secret_key, tenant_id),
+            cache_salt=request_cache_salt(self.settings, tenant_id, user_id),
             priority=int(priority),
             # The context window bounds the answer too: never ask for more than is left.
             max_tokens=min(params.max_tokens, self.settings.max_model_len - prompt.tokens),

@@ -250,6 +250,7 @@ def _chunk(out: Any, previous: str, prompt_tokens: int) -> GenerationChunk:
         finish_reason=completion.finish_reason if out.finished else None,
         prompt_tokens=prompt_tokens,
         completion_tokens=len(completion.token_ids),
+        cached_tokens=out.num_cached_tokens or 0,
     )
 
 
