@@ -3,8 +3,9 @@
 `install_auth(app, services)` adds to a FastAPI app:
 - `/login` -> the IdP (authorization code + PKCE S256, state, nonce), `/auth/callback`
   (ID token checked: signature via JWKS with one refetch on an unknown kid, iss, aud, exp,
-  nonce), `/logout` (ends the server-side session, then RP-initiated logout at the IdP when it
-  has an `end_session_endpoint`), `/auth/signed-out`;
+  nonce), `POST /logout` with the session's CSRF token (ends the server-side session, then
+  RP-initiated logout at the IdP, by client id, when it has an `end_session_endpoint`),
+  `/auth/signed-out`;
 - Starlette `SessionMiddleware` (signed cookie: HttpOnly, SameSite=Lax, Secure in production)
   holding only a random session secret and the subject; the session itself is a database row
   (core/sessions.py), so sign-out also kills copies of the cookie;
@@ -12,7 +13,10 @@
   when the access token expired) every `groups_refresh_seconds`; if the IdP refuses, the
   session ends; if it is unreachable, the old groups stay valid for one more interval, then
   the user must sign in again;
-- `TrustedHostMiddleware` (Settings.allowed_hosts) and the rate limiter (core/limits.py);
+- `TrustedHostMiddleware` (Settings.allowed_hosts), CORS for `Settings.cors_origins` only and
+  cross-origin protection for state-changing requests (core/cross_site.py), the rate limiter
+  (core/limits.py), and the refusal log that audits refused bearer credentials
+  (core/refusals.py);
 - SIGHUP re-reads the group mapping.
 Sign-ins (ok and refused), sign-outs and ended sessions are audited here.
 """
@@ -43,14 +47,29 @@ from core.bearer import (
     groups_from_claims,
     principal_from_bearer,
 )
+from core.cross_site import install_cross_site
 from core.identity import Principal
 from core.limits import install_rate_limits
-from core.sessions import SessionRecord, load_session, revoke_session, update_groups, utcnow
+from core.refusals import RefusalLog
+from core.sessions import (
+    SessionRecord,
+    csrf_token,
+    load_session,
+    revoke_session,
+    update_groups,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from core.services import Services
 
-__all__ = ["install_auth", "principal_from_bearer", "principal_from_request", "wants_html"]
+__all__ = [
+    "install_auth",
+    "logout_token_of",
+    "principal_from_bearer",
+    "principal_from_request",
+    "wants_html",
+]
 
 log = logging.getLogger(__name__)
 SESSION_COOKIE = "tenantllm_session"
@@ -91,6 +110,16 @@ def principal_from_request(request: Request) -> Principal | None:
     )
     request.scope[PRINCIPAL_KEY] = principal
     return principal
+
+
+def logout_token_of(request: Request | None) -> str:
+    """The CSRF token the sign-out form of this request's session must send ('' if none)."""
+    session = request.scope.get("session") if request is not None else None
+    runtime = _runtime_of(request) if request is not None else None
+    secret = session.get("sid") if isinstance(session, dict) else None
+    if runtime is None or not isinstance(secret, str):
+        return ""
+    return csrf_token(runtime.services.settings, secret)
 
 
 def _principal_of(runtime: AuthRuntime, record: SessionRecord) -> Principal:
@@ -143,7 +172,7 @@ async def refresh_groups(runtime: AuthRuntime, record: SessionRecord) -> Session
     return replace(record, groups=groups, groups_refreshed_at=utcnow())
 
 
-_TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "expires_at")
+_TOKEN_FIELDS = ("access_token", "refresh_token", "expires_at")  # never the ID token
 
 
 async def session_principal(runtime: AuthRuntime, session: dict[str, Any]) -> Principal | None:
@@ -198,12 +227,14 @@ def install_auth(app: FastAPI, services: Services, *, idp: IdentityProvider | No
         settings.oidc_client_secret,
         settings.oidc_audience,
     )
-    runtime = AuthRuntime(services=services, idp=idp)
+    refusals = RefusalLog(services.auditor, settings.refusal_audit_window_seconds)
+    runtime = AuthRuntime(services=services, idp=idp, refusals=refusals)
     activate(runtime)
     app.state.auth = runtime
     install_rate_limits(app, services)
     add_auth_routes(app, runtime, make_oauth_client(settings))
-    # Starlette runs the last added middleware first: TrustedHost, then sessions, then ours.
+    # Starlette runs the last added middleware first: TrustedHost, CORS, cross-origin
+    # protection, sessions, then ours.
     app.add_middleware(SessionPrincipalMiddleware, runtime=runtime)
     app.add_middleware(
         SessionMiddleware,
@@ -213,6 +244,7 @@ def install_auth(app: FastAPI, services: Services, *, idp: IdentityProvider | No
         same_site="lax",
         https_only=settings.mode == "production",
     )
+    install_cross_site(app, settings)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts(services))
     services.groups.install_sighup()
 
@@ -233,6 +265,6 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def redirect(url: str) -> Response:
-    """A 302 redirect."""
-    return RedirectResponse(url, status_code=302)
+def redirect(url: str, status: int = 302) -> Response:
+    """A redirect (303 after a POST: the browser follows it with a GET)."""
+    return RedirectResponse(url, status_code=status)

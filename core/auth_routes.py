@@ -1,6 +1,13 @@
 """The browser sign-in routes: `/login`, `/auth/callback`, `/logout`, `/auth/signed-out`.
 
 Part of core/auth.py (split for size); see its docstring for the whole picture.
+
+Sign-out changes state, so it is `POST /logout` with the session's CSRF token (a form field,
+core/sessions.py `csrf_token`), behind the cross-origin check of core/cross_site.py. `GET
+/logout` only shows a page with that form: a link or image on another site cannot sign anyone
+out. At the IdP, RP-initiated logout names the client (`client_id`) instead of sending the ID
+token as `id_token_hint`: a URL ends up in histories, logs and Referer headers, and the app
+keeps no ID token at all after sign-in.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from slowapi.util import get_remote_address
 from core.audit import AuditEvent
 from core.bearer import AuthRuntime, groups_from_claims
 from core.config import Settings
-from core.sessions import create_session, load_session, revoke_session, session_id_of
+from core.sessions import (
+    create_session,
+    csrf_token,
+    csrf_token_ok,
+    load_session,
+    revoke_session,
+    session_id_of,
+)
 
 LOGIN_RATE_LIMIT = "60/minute"  # per client address: sign-in has no principal yet
 LOGIN_ERRORS = (OAuthError, JoseError, httpx.HTTPError, ValueError, KeyError, TypeError)
@@ -112,7 +126,8 @@ async def _start_session(
         email=email,
         name=userinfo.get("name"),
         groups=groups_from_claims(userinfo, settings.oidc_groups_claim),
-        tokens={k: token[k] for k in ("access_token", "refresh_token", "id_token") if token.get(k)},
+        # No ID token: it is needed for nothing later, and a stored one could leak.
+        tokens={k: token[k] for k in ("access_token", "refresh_token") if token.get(k)},
     )
     request.session.update({"sid": secret, "sub": subject})
     runtime.services.auditor.record(
@@ -165,27 +180,33 @@ def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAut
 
     settings = runtime.services.settings
 
-    @app.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+    @app.get("/logout", include_in_schema=False)
+    async def confirm_logout(request: Request) -> Response:
+        """A page with the sign-out button (GET changes nothing)."""
+        secret = request.session.get("sid")
+        if not isinstance(secret, str):
+            return redirect("/auth/signed-out")
+        return logout_page(csrf_token(settings, secret))
+
+    @app.post("/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         """End the session here, then at the IdP when it supports RP-initiated logout."""
         secret = request.session.get("sid")
-        record = None
-        if isinstance(secret, str):
-            record = await asyncio.to_thread(load_session, settings, secret)
-            await asyncio.to_thread(revoke_session, settings, session_id_of(secret))
+        if not isinstance(secret, str):
+            request.session.clear()
+            return redirect("/auth/signed-out", 303)
+        form = await request.form()
+        token = form.get("csrf_token")
+        if not isinstance(token, str) or not csrf_token_ok(settings, secret, token):
+            _audit_logout(runtime, request, None, "denied")
+            return signed_out_page("Sign-out refused: please use the app's Sign out button.", 403)
+        record = await asyncio.to_thread(load_session, settings, secret)
+        await asyncio.to_thread(revoke_session, settings, session_id_of(secret))
         request.session.clear()
         if record is None:
-            return redirect("/auth/signed-out")
-        runtime.services.auditor.record(
-            AuditEvent(
-                action="logout",
-                outcome="ok",
-                user_sub=record.subject,
-                user_email=record.email,
-                **_client_fields(request),
-            )
-        )
-        return await _idp_logout(client, request, settings, record.tokens.get("id_token"))
+            return redirect("/auth/signed-out", 303)
+        _audit_logout(runtime, request, record, "ok")
+        return await _idp_logout(client, request, settings)
 
     @app.get("/auth/signed-out", include_in_schema=False)
     async def signed_out(request: Request) -> Response:
@@ -193,21 +214,50 @@ def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAut
         return signed_out_page("You are signed out.")
 
 
-async def _idp_logout(
-    client: StarletteOAuth2App, request: Request, settings: Settings, id_token: Any
-) -> Response:
+def logout_page(token: str) -> Response:
+    """The sign-out confirmation (for `GET /logout`: old links and bookmarks)."""
+    from fastapi.responses import HTMLResponse
+
+    body = (
+        "<!doctype html><html><head><title>tenantllm</title></head><body>"
+        "<p>Sign out of tenantllm?</p>"
+        '<form method="post" action="/logout">'
+        f'<input type="hidden" name="csrf_token" value="{token}">'
+        '<button type="submit">Sign out</button></form>'
+        "<p><a href='/'>Back to the app</a></p></body></html>"
+    )
+    return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def _audit_logout(runtime: AuthRuntime, request: Request, record: Any, outcome: Any) -> None:
+    runtime.services.auditor.record(
+        AuditEvent(
+            action="logout",
+            outcome=outcome,
+            user_sub=record.subject if record is not None else request.session.get("sub"),
+            user_email=record.email if record is not None else None,
+            status=200 if outcome == "ok" else 403,
+            error_class=None if outcome == "ok" else "CsrfTokenMissing",
+            detail=None if outcome == "ok" else "sign-out without this session's CSRF token",
+            **_client_fields(request),
+        )
+    )
+
+
+async def _idp_logout(client: StarletteOAuth2App, request: Request, settings: Settings) -> Response:
     from core.auth import redirect
 
     back = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     try:
         metadata = await client.load_server_metadata()
         if not metadata.get("end_session_endpoint"):
-            return redirect("/auth/signed-out")
+            return redirect("/auth/signed-out", 303)
+        # client_id, not id_token_hint: RP-Initiated Logout 1.0 allows either, and only
+        # client_id is no credential (an ID token in a URL leaks through logs and Referer).
         result = await client.create_logout_url(
             post_logout_redirect_uri=f"{back}/auth/signed-out",
-            id_token_hint=id_token if isinstance(id_token, str) else None,
             client_id=settings.oidc_client_id,
         )
     except (httpx.HTTPError, OAuthError, RuntimeError, ValueError):
-        return redirect("/auth/signed-out")  # signed out here; the IdP is unreachable
-    return redirect(str(result["url"]))
+        return redirect("/auth/signed-out", 303)  # signed out here; the IdP is unreachable
+    return redirect(str(result["url"]), 303)

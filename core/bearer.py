@@ -2,13 +2,18 @@
 
 `principal_from_bearer(token)` accepts:
 - an API key `tlm_...` (core/apikeys.py): the principal of that key's tenant and role;
-- an OIDC access token that is a JWT: signature checked against the IdP's JWKS (one refetch
-  on an unknown `kid`, for key rotation), `iss`, `aud` (Settings.oidc_audience, default the
-  client id) and `exp` checked; groups from the token's groups claim (else from userinfo);
-- an opaque OIDC access token (oidc-provider-mock issues these): verified by asking the IdP's
-  userinfo endpoint, which answers only for live tokens; a positive answer is cached for at
-  most 60 s (so a revoked token stops working within a minute).
-Anything else, revoked or expired raises `NotAuthenticated`; each refusal is audited.
+- an OIDC access token. A JWT that looks like an ID token is refused first, whatever its
+  audience (core/token_kinds.py: ID tokens are meant for the client, leak through browsers
+  and cannot be revoked). With `Settings.oidc_audience` set, a JWT is verified here:
+  signature against the IdP's JWKS (one refetch on an unknown `kid`, for key rotation),
+  `iss`, `aud` (that audience; there is no default, because the client id is the audience of
+  ID tokens) and `exp`; groups from its groups claim (else from userinfo).
+- Without an audience, and for opaque tokens (oidc-provider-mock issues these): the IdP's
+  userinfo endpoint decides, which answers only for live access tokens; a positive answer is
+  cached for at most 60 s (so a revoked token stops working within a minute), a refusal for
+  the same time (a repeated bad token costs the IdP one call).
+Anything else, revoked or expired raises `NotAuthenticated`; each refusal is audited through
+core/refusals.py (client address and user agent; a flood becomes a few rows a minute).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from joserfc.jwk import KeySet
 from core.apikeys import KEY_PREFIX, principal_for_key, verify_key
 from core.errors import NotAuthenticated
 from core.identity import Principal
+from core.refusals import Refusal, RefusalLog
+from core.token_kinds import id_token_reason, unverified_parts
 
 if TYPE_CHECKING:
     from core.services import Services
@@ -62,11 +69,11 @@ class IdentityProvider:
     """Discovery, JWKS, userinfo and refresh against the configured issuer."""
 
     def __init__(self, issuer: str, client_id: str, client_secret: str, audience: str) -> None:
-        """Talk to `issuer` as `client_id`; bearer JWTs must name `audience`."""
+        """Talk to `issuer` as `client_id`; bearer JWTs must name `audience` (if set)."""
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self.client_secret = client_secret
-        self.audience = audience or client_id
+        self.audience = audience  # never defaults to client_id: that is the ID tokens' aud
         self._metadata: dict[str, Any] | None = None
         self._jwks: KeySet | None = None
         self._last_forced = float("-inf")
@@ -112,6 +119,8 @@ class IdentityProvider:
 
     def verify_jwt(self, token: str) -> dict[str, Any]:
         """Claims of a signed access token (NotAuthenticated if anything is wrong)."""
+        if not self.audience:
+            raise NotAuthenticated("JWT access tokens are not checked locally here.")
         algorithms = [
             a
             for a in self.metadata().get("id_token_signing_alg_values_supported", ["RS256"])
@@ -190,7 +199,9 @@ class AuthRuntime:
 
     services: Services
     idp: IdentityProvider
+    refusals: RefusalLog
     _userinfo_cache: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _refused_cache: dict[str, float] = field(default_factory=dict)
 
     def user_principal(
         self, subject: str, email: str | None, name: str | None, groups: list[str]
@@ -217,11 +228,17 @@ class AuthRuntime:
         digest = hashlib.sha256(token.encode()).hexdigest()
         hit = self._userinfo_cache.get(digest)
         ttl = min(USERINFO_CACHE_SECONDS, self.services.settings.groups_refresh_seconds)
-        if hit is not None and time.monotonic() - hit[0] < ttl:
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < ttl:
             return hit[1]
+        if now - self._refused_cache.get(digest, float("-inf")) < USERINFO_CACHE_SECONDS:
+            raise NotAuthenticated("The access token is expired, revoked or unknown.")
         try:
             claims = self.idp.userinfo(token)
         except IdpRefused:
+            if len(self._refused_cache) > 10_000:
+                self._refused_cache.clear()
+            self._refused_cache[digest] = now
             raise NotAuthenticated("The access token is expired, revoked or unknown.") from None
         except IdpUnavailable:
             raise NotAuthenticated("The identity provider cannot check this token now.") from None
@@ -235,12 +252,11 @@ class AuthRuntime:
         settings = self.services.settings
         if token.startswith(KEY_PREFIX):
             return principal_for_key(verify_key(settings, token))
-        if token.count(".") == 2:
-            claims = self.idp.verify_jwt(token)
-            if settings.oidc_groups_claim not in claims:
-                # No groups claim: ask userinfo; if that fails the token grants nothing.
-                with contextlib.suppress(IdpRefused, IdpUnavailable):
-                    claims = {**self.idp.userinfo(token), **claims}
+        is_jwt = token.count(".") == 2
+        if is_jwt:
+            refuse_id_tokens(token)
+        if is_jwt and self.idp.audience:
+            claims = self._verified_jwt_claims(token)
         else:
             claims = self.cached_userinfo(token)
         subject = claims.get("sub")
@@ -248,6 +264,28 @@ class AuthRuntime:
             raise NotAuthenticated("The access token names no subject.")
         groups = groups_from_claims(claims, settings.oidc_groups_claim)
         return self.user_principal(subject, claims.get("email"), claims.get("name"), groups)
+
+    def _verified_jwt_claims(self, token: str) -> dict[str, Any]:
+        claims = self.idp.verify_jwt(token)
+        if self.services.settings.oidc_groups_claim not in claims:
+            # No groups claim: ask userinfo; if that fails the token grants nothing.
+            with contextlib.suppress(IdpRefused, IdpUnavailable):
+                claims = {**self.idp.userinfo(token), **claims}
+        return claims
+
+
+def refuse_id_tokens(token: str) -> None:
+    """NotAuthenticated if this JWT is (or looks like) an ID token, or is no JWT at all."""
+    try:
+        header, claims = unverified_parts(token)
+    except ValueError:
+        raise NotAuthenticated("The access token is not valid (not a JWT).") from None
+    reason = id_token_reason(header, claims)
+    if reason is not None:
+        raise NotAuthenticated(
+            f"This is not an access token ({reason}). Send an access token or an API key; "
+            "ID tokens are never accepted by the API."
+        )
 
 
 _active: AuthRuntime | None = None
@@ -264,26 +302,37 @@ def active_runtime() -> AuthRuntime | None:
     return _active
 
 
-def principal_from_bearer(token: str) -> Principal:
+def principal_from_bearer(
+    token: str, client_ip: str | None = None, user_agent: str | None = None
+) -> Principal:
     """The principal of `Authorization: Bearer <token>`; NotAuthenticated (audited) if none.
 
+    `client_ip` and `user_agent` describe the caller in the audit row of a refusal.
     Sync (database and IdP I/O): call it in a thread from async code.
     """
-    from core.audit import AuditEvent
-
     runtime = _active
     if runtime is None:
         raise NotAuthenticated("Sign-in is not configured in this process.")
     try:
         return runtime.bearer_principal(token.strip())
     except NotAuthenticated as exc:
-        runtime.services.auditor.record(
-            AuditEvent(
-                action="bearer_auth",
-                outcome="denied",
-                status=401,
-                error_class=type(exc).__name__,
-                detail=exc.message[:500],
-            )
-        )
+        record_refusal(exc, client_ip, user_agent)
         raise
+
+
+def record_refusal(
+    exc: NotAuthenticated, client_ip: str | None, user_agent: str | None, action: str = ""
+) -> None:
+    """Audit a refused (or missing) credential through the flood-proof refusal log."""
+    runtime = _active
+    if runtime is None:
+        return
+    runtime.refusals.refused(
+        Refusal(
+            reason=exc.message,
+            error_class=type(exc).__name__,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            action=action or "bearer_auth",
+        )
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -71,6 +72,22 @@ def aware(value: datetime) -> datetime:
 def session_id_of(secret: str) -> str:
     """The row id of a cookie secret."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def csrf_token(settings: Settings, secret: str, purpose: str = "logout") -> str:
+    """The CSRF token of one session for one form (HMAC: nothing to store, dies with it).
+
+    Only the app's own pages can read it (the session secret never leaves the cookie, and
+    another site cannot read our pages), so a form posted from elsewhere cannot carry it.
+    """
+    key = hashlib.sha256(f"csrf:{settings.secret_key}".encode()).digest()
+    message = f"{purpose}:{session_id_of(secret)}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def csrf_token_ok(settings: Settings, secret: str, token: str, purpose: str = "logout") -> bool:
+    """Whether `token` is this session's CSRF token for `purpose` (constant time)."""
+    return hmac.compare_digest(csrf_token(settings, secret, purpose), token)
 
 
 def _key(settings: Settings) -> bytes:

@@ -131,9 +131,11 @@ async def test_jwt_access_tokens(tmp_path: Path, fake_idp) -> None:
 
     from joserfc.jwk import RSAKey
 
-    app, services = build_auth_app(make_auth_settings(tmp_path, fake_idp.url))
+    # JWT access tokens are verified locally only for a configured API audience.
+    settings = make_auth_settings(tmp_path, fake_idp.url, oidc_audience="tenantllm-api")
+    app, services = build_auth_app(settings)
     now = int(time.time())
-    good = fake_idp.claims(None, groups=["finance-editors"])
+    good = fake_idp.claims(None, groups=["finance-editors"], aud="tenantllm-api", scope="chat")
     cases = {
         "good": (fake_idp.sign(good), 200),
         "wrong_aud": (fake_idp.sign({**good, "aud": "other-api"}), 401),

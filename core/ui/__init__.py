@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI, Request
 
+from core.auth import logout_token_of
 from core.services import Services
 from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
@@ -49,7 +50,7 @@ def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
         choices = team_choices(services, principal)
         first = choices[0][1] if choices else None
         return (
-            identity_html(services, principal),
+            identity_html(services, principal, logout_token_of(request.request)),
             # People without a team (an auditor, say) get no empty selector.
             gr.update(choices=choices, value=first, visible=bool(choices)),
             gr.Tab(visible=may(principal, None, "read_audit")),

@@ -1,4 +1,8 @@
-"""The page header: logo, who is signed in, their teams and roles, and a sign-out link."""
+"""The page header: logo, who is signed in, their teams and roles, and the sign-out button.
+
+Sign-out is a POST form carrying the session's CSRF token (core/auth_routes.py): a plain
+`<a href="/logout">` would let any site sign people out with a link or an image.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +32,21 @@ def brand_html() -> str:
     )
 
 
-def identity_html(services: Services, principal: Principal) -> str:
-    """Signed-in user, teams with roles, global roles, and the sign-out link (all escaped)."""
+def signout_form(logout_token: str) -> str:
+    """The sign-out control: a POST to /logout with this session's CSRF token."""
+    return (
+        '<form class="tl-signout-form" method="post" action="/logout">'
+        f'<input type="hidden" name="csrf_token" value="{html.escape(logout_token)}">'
+        '<button type="submit" class="tl-signout" id="tl-signout">Sign out</button>'
+        "</form>"
+    )
+
+
+def identity_html(services: Services, principal: Principal, logout_token: str = "") -> str:
+    """Signed-in user, teams with roles, global roles, and the sign-out form (all escaped).
+
+    `logout_token` is `core.auth.logout_token_of(request)` of the page's request.
+    """
     name = html.escape(principal.email or principal.subject)
     names = {t.id: t.display_name for t in services.tenants.all()}
     teams = "".join(
@@ -46,6 +63,6 @@ def identity_html(services: Services, principal: Principal) -> str:
         '<div class="tl-identity">'
         f'<span class="tl-user" id="tl-user">{name}</span>'
         f'<span class="tl-chips">{chips}</span>'
-        '<a class="tl-signout" href="/logout" id="tl-signout">Sign out</a>'
+        f"{signout_form(logout_token)}"
         "</div>"
     )
