@@ -33,6 +33,7 @@ from core.api_stream import (
     sse_events,
 )
 from core.auth import principal_from_bearer
+from core.bearer import record_refusal
 from core.chat import ChatRequest, start_chat_turn
 from core.errors import NotAuthenticated
 from core.identity import Principal
@@ -64,6 +65,15 @@ def _services(request: Request) -> Services:
     return services
 
 
+def _caller(request: Request) -> tuple[str | None, str | None]:
+    """Client address and user agent, for the audit row of a refused credential."""
+    return (request.client.host if request.client else None, request.headers.get("user-agent"))
+
+
+def _api_action(request: Request) -> str:
+    return "api_chat" if request.url.path.endswith("/chat/completions") else "api_models"
+
+
 async def current_principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
@@ -72,10 +82,13 @@ async def current_principal(
         err = NotAuthenticated(
             "Missing credential: send 'Authorization: Bearer <API key or access token>'."
         )
-        audit_refusal(request, err)
+        # Through the refusal log: a flood of credential-less calls costs a few rows too.
+        record_refusal(err, *_caller(request), action=_api_action(request))
         raise err
     # Key lookups hit the database and JWT checks may fetch the IdP's keys: not on the loop.
-    principal = await run_in_threadpool(principal_from_bearer, credentials.credentials)
+    principal = await run_in_threadpool(
+        principal_from_bearer, credentials.credentials, *_caller(request)
+    )
     request.state.principal = principal  # for auditing refusals that happen after this
     return principal
 
