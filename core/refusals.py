@@ -2,10 +2,11 @@
 
 Every refusal is counted, but only the first `IMMEDIATE_ROWS` refusals per client address,
 action and window (`Settings.refusal_audit_window_seconds`) become rows at once, with their
-reason; the rest of that window becomes ONE row (`detail` says how many, flag `count=N`) when
-the window ends. A person who mistyped a key sees their refusal at once; a script sending
-10,000 bad keys a minute costs about six rows a minute instead of 10,000 hash-chained writes
-(issue 12, item 8). Every row carries client address and user agent (item 9).
+reason; the rest of that window becomes ONE row (`detail` says how many, flags `aggregated`
+and `count=N`) when the window ends. A person who mistyped a key sees their refusal at once;
+a script sending 10,000 bad keys a minute costs about six rows a minute instead of 10,000
+hash-chained writes (issue 12, item 8). Every row carries client address and user agent
+(item 9).
 
 Windows are closed by the next refusal after they end, by a small background thread (so a
 flood that stops is still written within a window), and at exit.
@@ -141,7 +142,8 @@ class RefusalLog:
             user_agent=refusal.user_agent,
             error_class=refusal.error_class,
             detail=detail[:500],
-            flags=[f"count={count}"] + (["aggregated"] if count > 1 else []),
+            # Only summaries are flagged: a single refusal is an ordinary row (count 1).
+            flags=["aggregated", f"count={count}"] if count > 1 else [],
         )
 
     def _ensure_sweeper(self) -> None:
