@@ -158,6 +158,17 @@ class Settings(BaseSettings):
 
     # --- documents -----------------------------------------------------------------------
     max_upload_mb: int = Field(20, ge=1, description="Largest file accepted, in MB.")
+    ui_upload_max_files: int = Field(
+        10,
+        ge=1,
+        description="Files one person may hold uploaded but not yet indexed in the browser "
+        "app; more are refused (429). Also caps one upload request at this many files.",
+    )
+    ui_upload_ttl_seconds: int = Field(
+        600,
+        ge=60,
+        description="Uploads not indexed within this time are deleted from the upload folder.",
+    )
     parse_timeout_seconds: int = Field(60, ge=1, description="Time limit to parse one file.")
     parse_memory_mb: int = Field(2048, ge=128, description="Memory limit to parse one file.")
     # all-MiniLM-L6-v2 embeds the first 256 word pieces of a chunk and ignores the rest:

@@ -10,6 +10,7 @@ import click
 from core.cli.base import configure_logging, main, user_errors
 from core.config import Settings, get_settings
 from core.datadir import prepare_private_data_dir
+from core.log_redaction import install_log_redaction, uvicorn_log_config
 
 
 @contextlib.contextmanager
@@ -39,6 +40,7 @@ def serve_app(settings: Settings) -> None:
     prepare_private_data_dir(settings.data_dir)  # 0700, and Gradio's temp dir inside it
     with identity_provider(settings) as effective:
         app = create_app(effective)
+        install_log_redaction()  # handlers configured so far (ours, vLLM's): no secrets
         click.echo(f"tenantllm is starting: open {effective.base_url} in your browser.")
         click.echo(f"Readiness: {effective.base_url}/readyz (the engine needs ~30 s on 2 cores)")
         # One worker: the engine lives in this process (several workers = several engines).
@@ -47,6 +49,8 @@ def serve_app(settings: Settings) -> None:
             host=effective.host,
             port=effective.port,
             log_level=effective.log_level.lower(),
+            # The access log prints query strings (sign-in codes, session hashes): redacted.
+            log_config=uvicorn_log_config(),
             timeout_graceful_shutdown=10,
         )
 
@@ -61,4 +65,5 @@ def serve(host: str | None, port: int | None) -> None:
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
     configure_logging(settings.log_level)
+    install_log_redaction()
     serve_app(settings)

@@ -3,7 +3,9 @@
 `mount_ui(app, services)` builds the page, turns the public API off (`api_open=False`), lets
 chat events run concurrently (the engine batches them; per-tenant caps live in core.limits),
 and authenticates every Gradio route with the signed session cookie (`auth_dependency`). Tabs
-for auditors and admins are hidden per session; their handlers authorize again.
+for auditors and admins are hidden per session; their handlers authorize again. Gradio's own
+routes sit behind core/ui/gradio_guard (allow-list, session binding, upload ownership and
+caps); monitoring, MCP, PWA and run history are off here as well.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
 from core.ui.chat_tab import build_chat_tab
 from core.ui.documents_tab import build_documents_tab
+from core.ui.gradio_guard import install_gradio_guard
 from core.ui.header import ASSETS, brand_html, identity_html
 from core.ui.session import may, principal_of, shown_as_error, team_choices
 
 log = logging.getLogger(__name__)
 
-# Uploads and exports leave Gradio's cache quickly: checked every 5 min, kept at most 10 min.
-DELETE_CACHE = (300, 600)
 HEAD = '<meta name="viewport" content="width=device-width, initial-scale=1">'
 
 
@@ -58,9 +59,15 @@ def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
         )
 
 
+def delete_cache(services: Services) -> tuple[int, int]:
+    """Gradio's own cleanup of uploads and exports: kept at most the upload TTL."""
+    ttl = services.settings.ui_upload_ttl_seconds
+    return (max(60, ttl // 2), ttl)
+
+
 def build_blocks(services: Services) -> gr.Blocks:
     """The whole page; every handler re-reads the user from the request."""
-    with gr.Blocks(title="tenantllm", delete_cache=DELETE_CACHE) as blocks:
+    with gr.Blocks(title="tenantllm", delete_cache=delete_cache(services)) as blocks:
         with gr.Row(elem_classes="tl-header", equal_height=True):
             gr.HTML(brand_html(), elem_classes="tl-brand-box")
             team = gr.Dropdown(
@@ -103,18 +110,25 @@ def mount_ui(app: FastAPI, services: Services) -> FastAPI:
     settings = services.settings
     blocks = build_blocks(services)
     blocks.queue(api_open=False, default_concurrency_limit=max(16, settings.max_num_seqs))
-    return gr.mount_gradio_app(
+    logo = str(ASSETS / "logo.svg")
+    gr.mount_gradio_app(
         app,
         blocks,
         path="/",
         auth_dependency=_session_user(services),
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=[],
-        allowed_paths=[str(ASSETS / "logo.svg")],
+        allowed_paths=[logo],
         show_error=False,
         ssr_mode=False,
-        favicon_path=str(ASSETS / "logo.svg"),
+        enable_monitoring=False,
+        mcp_server=False,
+        pwa=False,
+        run_history=False,
+        favicon_path=logo,
         theme=theme(),
         css_paths=[str(ASSETS / "theme.css")],
         head=HEAD,
     )
+    install_gradio_guard(app, services, static_files=[logo])
+    return app

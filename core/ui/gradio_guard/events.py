@@ -1,0 +1,38 @@
+"""The one audit event the guard writes about a request it refused or let through."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import Scope
+
+from core.audit import AuditEvent, Outcome
+from core.errors import TenantLLMError
+from core.identity import Principal
+from core.services import Services
+
+
+def record(
+    services: Services,
+    scope: Scope,
+    principal: Principal | None,
+    action: str,
+    outcome: Outcome,
+    status: int,
+    detail: str,
+    error: TenantLLMError | None = None,
+) -> None:
+    """Queue one audit row about this request (client address and user agent included)."""
+    request = Request(scope)
+    services.auditor.record(
+        AuditEvent(
+            action=action,
+            outcome=outcome,
+            user_sub=principal.subject if principal else None,
+            user_email=principal.email if principal else None,
+            status=status,
+            client_ip=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+            error_class=type(error).__name__ if error else None,
+            detail=detail[:500],
+        )
+    )
