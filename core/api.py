@@ -35,7 +35,7 @@ from core.api_stream import (
 from core.auth import principal_from_bearer
 from core.bearer import record_refusal
 from core.chat import ChatRequest, start_chat_turn
-from core.errors import NotAuthenticated
+from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
 from core.identity import Principal
 from core.rbac import authorize, is_allowed
 from core.services import Services
@@ -120,8 +120,12 @@ async def retrieve_model(
 ) -> ModelInfo:
     """One tenant this credential may chat with (404 unknown, 403 not allowed)."""
     services = _services(request)
-    services.tenants.get(model)
-    authorize(principal, model, "chat")
+    try:
+        services.tenants.get(model)
+        authorize(principal, model, "chat")
+    except TenantLLMError as err:  # unknown model or not allowed: audited like any refusal
+        audit_refusal(request, err, model if isinstance(err, PermissionDenied) else None)
+        raise
     return _model_info(services, model)
 
 

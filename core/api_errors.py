@@ -13,14 +13,25 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from core.audit import AuditEvent
-from core.errors import InvalidRequest, NotAuthenticated, RateLimited, TenantLLMError
+from core.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    RequestTooLarge,
+    TenantLLMError,
+    TenantNotFound,
+)
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR: dict[str, Any] = {
@@ -52,16 +63,24 @@ def error_response(err: TenantLLMError, param: str | None = None) -> JSONRespons
         }
     elif isinstance(err, NotAuthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(err, MethodNotAllowed):
+        headers = {"Allow": ", ".join(err.allowed)}
     return JSONResponse(error_body(err, param), status_code=err.status, headers=headers)
 
 
 def http_error_response(exc: HTTPException) -> JSONResponse:
     """A Starlette/FastAPI HTTP error (raised before our code runs) in the OpenAI shape."""
+    err: TenantLLMError
     if exc.status_code == 400:
-        err: TenantLLMError = InvalidRequest("The request body must be valid JSON (see /docs).")
+        err = InvalidRequest("The request body must be valid JSON (see /docs).")
+    elif exc.status_code == 404:
+        err = NotFound("Unknown API path (see /docs for the API).")
+    elif exc.status_code == 413:
+        err = RequestTooLarge(str(exc.detail))
     else:
         err = TenantLLMError(str(exc.detail))
         err.status = exc.status_code
+        err.error_type = "server_error" if exc.status_code >= 500 else "invalid_request_error"
     return error_response(err)
 
 
@@ -83,8 +102,13 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
     return f"Invalid value for '{param}': {message}", param
 
 
-def audit_refusal(request: Request, err: TenantLLMError) -> None:
-    """Audit a call refused before the chat turn could (no credential, invalid body)."""
+#: Refusals of access (audited `denied`); any other refusal is the caller's error.
+_DENIALS = (NotAuthenticated, PermissionDenied, TenantNotFound)
+
+
+def audit_refusal(request: Request, err: TenantLLMError, tenant_id: str | None = None) -> None:
+    """Audit a call refused before the chat turn could (no credential, invalid body, a model
+    the principal may not use or that does not exist)."""
     services = getattr(request.app.state, "services", None)
     if services is None:
         return
@@ -93,9 +117,10 @@ def audit_refusal(request: Request, err: TenantLLMError) -> None:
     services.auditor.record(
         AuditEvent(
             action="api_chat" if path.endswith("/chat/completions") else "api_models",
-            outcome="denied" if isinstance(err, NotAuthenticated) else "error",
+            outcome="denied" if isinstance(err, _DENIALS) else "error",
             user_sub=principal.subject if principal is not None else None,
             user_email=principal.email if principal is not None else None,
+            tenant_id=tenant_id,
             status=err.status,
             client_ip=request.client.host if request.client else None,
             user_agent=request.headers.get("user-agent"),
@@ -133,3 +158,35 @@ class OpenAIRoute(APIRoute):
                 return JSONResponse(INTERNAL_ERROR, status_code=500)
 
         return route
+
+
+# --- unknown paths and wrong methods under /v1 -------------------------------------------
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_SHOWN_PATH_CHARS = 200
+
+fallback_router = APIRouter(prefix="/v1", route_class=OpenAIRoute, include_in_schema=False)
+
+
+def _methods_at(request: Request) -> list[str]:
+    """The methods the API's real routes accept at this request's path (none: unknown)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is not unknown_api_path:
+            match, _ = route.matches(request.scope)
+            if match is Match.PARTIAL:
+                methods |= route.methods
+    return sorted(methods)
+
+
+@fallback_router.api_route("/{path:path}", methods=_ANY_METHOD)
+async def unknown_api_path(request: Request, path: str) -> Response:
+    """Anything under /v1 that no API route takes: 405 (known path) or 404, OpenAI-shaped.
+
+    Without it the request would fall through to the Gradio app mounted at `/`, which answers
+    `{"detail": "Not Found"}`, a shape OpenAI clients cannot read.
+    """
+    shown = f"{request.method} {request.url.path[:_SHOWN_PATH_CHARS]}"
+    allowed = _methods_at(request)
+    if allowed:
+        raise MethodNotAllowed(f"{shown}: use {', '.join(allowed)} here.", allowed)
+    raise NotFound(f"Unknown API path: {shown} (see /docs for the API).")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llama_index.core import Document
-from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
 
+from core.errors import FileTooLarge
 from core.parsing import Part
 from core.vectorstore import embedding_model
 
@@ -33,8 +33,13 @@ def build_nodes(
     parts: Sequence[Part],
     chunk_size: int,
     chunk_overlap: int,
+    max_chunks: int | None = None,
 ) -> list[BaseNode]:
-    """Split `parts` with SentenceSplitter and embed them; [] when there is no text at all."""
+    """Split `parts` with SentenceSplitter and embed them; [] when there is no text at all.
+
+    FileTooLarge when the split gives more than `max_chunks` chunks: counted before
+    embedding, which is what costs (seconds of CPU per hundred chunks).
+    """
     documents = [
         Document(
             id_=f"{document_id}:{number}",
@@ -54,16 +59,16 @@ def build_nodes(
     ]
     if not documents:
         return []
-    pipeline = IngestionPipeline(
-        transformations=[
-            SentenceSplitter(
-                chunk_size=chunk_size, chunk_overlap=min(chunk_overlap, chunk_size // 2)
-            ),
-            embedding_model(),
-        ],
-        disable_cache=True,
+    splitter = SentenceSplitter(
+        chunk_size=chunk_size, chunk_overlap=min(chunk_overlap, chunk_size // 2)
     )
-    nodes = [n for n in pipeline.run(documents=documents) if n.get_content().strip()]
+    nodes = [n for n in splitter(documents) if n.get_content().strip()]
+    if max_chunks is not None and len(nodes) > max_chunks:
+        raise FileTooLarge(
+            f"{filename}: its text makes {len(nodes):,} chunks, over the limit of "
+            f"{max_chunks:,} per file; split it into smaller files."
+        )
+    nodes = list(embedding_model()(nodes))
     for number, node in enumerate(nodes, start=1):
         # Parts without a natural location (plain text, .docx) are cited by chunk number.
         if not node.metadata.get(LOCATION_KEY):

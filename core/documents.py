@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint, select
+from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base
@@ -62,6 +62,14 @@ def list_documents(session: Session, tenant_id: str) -> list[DocumentRow]:
         .order_by(DocumentRow.uploaded_at.desc(), DocumentRow.id)
     )
     return list(session.scalars(stmt))
+
+
+def stored_bytes(session: Session, tenant_id: str) -> int:
+    """The total size of this tenant's stored originals (what its quota counts)."""
+    stmt = select(func.coalesce(func.sum(DocumentRow.size), 0)).where(
+        DocumentRow.tenant_id == tenant_id
+    )
+    return int(session.scalar(stmt) or 0)
 
 
 def registered_ids(session: Session, tenant_id: str, document_ids: set[str]) -> set[str]:

@@ -136,3 +136,28 @@ class FileTooLarge(IngestionError):
 
     status = 413
     code = "file_too_large"
+
+
+class QuotaExceeded(IngestionError):
+    """The team's stored documents would go over its storage quota."""
+
+    status = 413
+    code = "quota_exceeded"
+
+
+class RequestTooLarge(InvalidRequest):
+    """An API request body is over the size limit."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The API path exists, but not with this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed

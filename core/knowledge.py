@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from core import crypto, documents
 from core.chunking import (
@@ -34,8 +35,8 @@ from core.config import Settings
 from core.datadir import secure_data_dir
 from core.db import session_scope
 from core.documents import DocumentInfo, IngestOutcome, document_info
-from core.errors import IngestionError, NotFound
-from core.parsing import Part, parse_in_sandbox
+from core.errors import IngestionError, NotFound, QuotaExceeded
+from core.parsing import ParseLimits, Part, parse_in_sandbox
 from core.tenancy import Source, Tenant, TenantRegistry
 from core.uploads import CheckedUpload, check_upload
 from core.vectorstore import chroma_store, default_retriever, delete_nodes, embedding_model
@@ -65,6 +66,7 @@ class KnowledgeService:
         self._master = crypto.master_key(settings)
         self._indexes: dict[str, VectorStoreIndex] = {}
         self._lock = threading.Lock()
+        self._quota_lock = threading.Lock()
 
     # --- paths and stores ----------------------------------------------------------------
     def tenant_dir(self, tenant: Tenant) -> Path:
@@ -111,20 +113,27 @@ class KnowledgeService:
         return outcomes
 
     def _ingest_one(self, tenant: Tenant, path: Path, name: str, uploaded_by: str) -> IngestOutcome:
-        checked = check_upload(path, name, self.settings.max_upload_mb * 1024 * 1024)
+        settings = self.settings
+        max_bytes = settings.max_upload_mb * 1024 * 1024
+        checked = check_upload(path, name, max_bytes, settings.max_document_chars)
         sha256 = hashlib.sha256(checked.data).hexdigest()
         duplicate = self._find_duplicate(tenant, checked.name, sha256)
         if duplicate:
             return duplicate
+        # Cheap checks first: a team at its quota costs no parse and no embedding.
+        with session_scope(self._db_url) as session:
+            self._check_quota(session, tenant, checked)
         document_id = uuid.uuid4().hex
-        parts = self._parse(tenant, checked)
+        limits = ParseLimits(settings.max_document_chars, settings.max_pdf_pages)
+        parts = self._parse(tenant, checked, limits)
         nodes = build_nodes(
             tenant.id,
             document_id,
             checked.name,
             parts,
-            self.settings.chunk_size,
-            self.settings.chunk_overlap,
+            settings.chunk_size,
+            settings.chunk_overlap,
+            settings.max_document_chunks,
         )
         if not nodes:
             raise IngestionError(f"{checked.name}: no text could be extracted (a scanned image?).")
@@ -139,7 +148,21 @@ class KnowledgeService:
                 filename=name, status="duplicate", chunks=row.chunks, document_id=row.id
             )
 
-    def _parse(self, tenant: Tenant, checked: CheckedUpload) -> list[Part]:
+    def _check_quota(self, session: Session, tenant: Tenant, checked: CheckedUpload) -> None:
+        """QuotaExceeded if adding this file would put the team over its storage quota."""
+        quota = self.settings.team_storage_mb * 1024 * 1024
+        used = documents.stored_bytes(session, tenant.id)
+        if used + len(checked.data) > quota:
+            raise QuotaExceeded(
+                f"{checked.name}: {tenant.display_name} stores {used / 1e6:.1f} MB of "
+                f"documents; this file ({len(checked.data) / 1e6:.1f} MB) would pass the "
+                f"team's quota of {self.settings.team_storage_mb} MB. Delete documents the "
+                "team no longer needs, or ask an administrator to raise the quota."
+            )
+
+    def _parse(
+        self, tenant: Tenant, checked: CheckedUpload, limits: ParseLimits | None = None
+    ) -> list[Part]:
         # Parse exactly the bytes that were checked, from a private copy: the caller's path
         # could change underneath us, and the worker must never be pointed at user paths.
         scratch = self.tenant_dir(tenant) / "tmp"
@@ -154,6 +177,7 @@ class KnowledgeService:
                 checked.name,
                 self.settings.parse_timeout_seconds,
                 self.settings.parse_memory_mb,
+                limits,
             )
         finally:
             os.unlink(tmp_name)
@@ -175,7 +199,10 @@ class KnowledgeService:
             # come in slices, still removed as a whole if anything below fails.
             for start in range(0, len(nodes), _CHROMA_BATCH):
                 store.add(nodes[start : start + _CHROMA_BATCH])
-            with session_scope(self._db_url) as session:
+            # Checked again where the row is written, one writer at a time: two uploads
+            # that each fit must not pass the quota together.
+            with self._quota_lock, session_scope(self._db_url) as session:
+                self._check_quota(session, tenant, checked)
                 session.add(
                     documents.DocumentRow(
                         id=document_id,

@@ -20,10 +20,24 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from core.errors import IngestionError
+from core.errors import FileTooLarge, IngestionError
+from core.uploads import too_much_text
 
 CSV_ROWS_PER_PART = 25
 HEADING = re.compile(r"^(#{1,6})\s+(.*)")
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one parse may produce, beyond time and memory (None: no cap, for re-indexing
+    documents that passed the caps when they were uploaded)."""
+
+    max_chars: int | None = None
+    max_pdf_pages: int | None = None
+
+
+class _OverLimit(Exception):
+    """The file is over a content cap; the message is for the uploader."""
 
 
 @dataclass(frozen=True)
@@ -129,15 +143,48 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-def _child(path: str, kind: str, memory_mb: int, cpu_seconds: int, conn: Connection) -> None:
+def _check_pages(path: Path, max_pages: int | None) -> None:
+    # Counting pages reads only the page tree: refuse before extracting any text.
+    if max_pages is None:
+        return
+    import pypdf
+
+    pages = len(pypdf.PdfReader(path).pages)
+    if pages > max_pages:
+        raise _OverLimit(
+            f"the PDF has {pages:,} pages, over the limit of {max_pages:,} pages per file; "
+            "split it into smaller files."
+        )
+
+
+def _check_chars(parts: list[Part], max_chars: int | None) -> None:
+    chars = sum(len(p.text) for p in parts)
+    if max_chars is not None and chars > max_chars:
+        raise _OverLimit(too_much_text(chars, max_chars))
+
+
+def _parse_within(path: Path, kind: str, limits: ParseLimits) -> list[Part]:
+    if kind == "pdf":
+        _check_pages(path, limits.max_pdf_pages)
+    parts = PARSERS[kind](path)
+    # Checked here, in the worker: an oversized text never crosses the pipe to the server.
+    _check_chars(parts, limits.max_chars)
+    return parts
+
+
+def _child(
+    path: str, kind: str, memory_mb: int, cpu_seconds: int, limits: ParseLimits, conn: Connection
+) -> None:
     # The limit is on top of what the (preloaded) worker already maps, so the setting means
     # "memory one parse may use", whatever the libraries' baseline is.
     limit = _vm_size_bytes() + memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     try:
-        parts = PARSERS[kind](Path(path))
+        parts = _parse_within(Path(path), kind, limits)
         conn.send(("ok", [(p.text, p.location) for p in parts]))
+    except _OverLimit as exc:
+        conn.send(("over_limit", str(exc)))
     except MemoryError:
         conn.send(("error", "the parser ran out of memory (memory limit)"))
     except Exception as exc:  # any parser failure is the file's fault; report it, never crash
@@ -162,6 +209,7 @@ def _worker_context() -> multiprocessing.context.ForkServerContext:
                 "core.cli",
                 "core.parsing",
                 "llama_index.readers.file.docs.base",
+                "pypdf",
                 "bs4",
             ]
         )
@@ -179,14 +227,20 @@ def start_parser() -> None:
 
 
 def parse_in_sandbox(
-    path: Path, kind: str, name: str, timeout_s: float, memory_mb: int
+    path: Path,
+    kind: str,
+    name: str,
+    timeout_s: float,
+    memory_mb: int,
+    limits: ParseLimits | None = None,
 ) -> list[Part]:
-    """Parse `path` as `kind` in a limited worker; IngestionError naming `name` on failure."""
+    """Parse `path` as `kind` in a limited worker; IngestionError naming `name` on failure
+    (FileTooLarge when the file is over one of `limits`)."""
     ctx = _worker_context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=_child,
-        args=(str(path), kind, memory_mb, int(timeout_s) + 1, sender),
+        args=(str(path), kind, memory_mb, int(timeout_s) + 1, limits or ParseLimits(), sender),
         daemon=True,
     )
     proc.start()
@@ -206,6 +260,8 @@ def parse_in_sandbox(
             proc.kill()
         proc.join()
         receiver.close()
+    if status == "over_limit":
+        raise FileTooLarge(f"{name}: {payload}")
     if status != "ok":
         raise IngestionError(f"{name}: the file could not be read: {payload}")
     return [Part(text, location) for text, location in payload]

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from core import parsing
+from core.api_errors import error_response
 from core.config import Settings
 from core.errors import TenantLLMError
 from core.security_headers import install_security_headers
@@ -92,10 +93,7 @@ def _add_health_routes(app: FastAPI, services: Services, state: EngineState) -> 
 def _add_error_handler(app: FastAPI) -> None:
     @app.exception_handler(TenantLLMError)
     async def user_error(request: Request, exc: TenantLLMError) -> Response:
-        return JSONResponse(
-            {"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}},
-            status_code=exc.status,
-        )
+        return error_response(exc)  # the one OpenAI error body (core/api_errors.py)
 
 
 def _add_login_redirect(app: FastAPI) -> None:
@@ -130,6 +128,8 @@ def _add_login_redirect(app: FastAPI) -> None:
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """Build the whole web application for `settings`."""
     from core.api import router as api_router
+    from core.api_body import BodyLimit
+    from core.api_errors import fallback_router as api_fallback_router
     from core.auth import install_auth
     from core.ui import mount_ui
 
@@ -145,6 +145,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     _add_error_handler(app)
     _add_health_routes(app, services, state)
     app.include_router(api_router)
+    app.include_router(api_fallback_router)  # after every /v1 route: OpenAI-shaped 404/405
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     _add_login_redirect(app)
     install_auth(app, services)
     # Last middleware added = outermost: the headers reach every response, errors included.

@@ -34,6 +34,9 @@ MAX_ZIP_RATIO = 100
 MAX_ZIP_ENTRIES = 2000
 MAX_INFLATED_BYTES = 200_000_000
 MAX_NAME_CHARS = 200
+# A .docx's text is inside its XML parts; XML larger than this many bytes per allowed
+# character of text cannot be within the text cap of a sane document: refused unparsed.
+XML_BYTES_PER_TEXT_CHAR = 50
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,14 @@ def clean_filename(name: str) -> str:
     return cleaned
 
 
-def check_upload(path: Path, name: str, max_bytes: int) -> CheckedUpload:
-    """Read and check one file; raises the IngestionError that describes the problem."""
+def check_upload(
+    path: Path, name: str, max_bytes: int, max_chars: int | None = None
+) -> CheckedUpload:
+    """Read and check one file; raises the IngestionError that describes the problem.
+
+    `max_chars` (the text cap) is checked here where that is cheap (text files, a .docx's
+    XML size); the parser checks the exact extracted text again.
+    """
     name = clean_filename(name)
     extension = Path(name).suffix.lower()
     kind = SUPPORTED_TYPES.get(extension)
@@ -78,18 +87,26 @@ def check_upload(path: Path, name: str, max_bytes: int) -> CheckedUpload:
     data = path.read_bytes()[: max_bytes + 1]
     if len(data) > max_bytes:  # grew while we looked
         raise FileTooLarge(f"{name}: over the limit of {max_bytes / 1e6:.0f} MB.")
-    _check_content(name, kind, data)
+    _check_content(name, kind, data, max_chars)
     return CheckedUpload(name=name, kind=kind, data=data)
 
 
-def _check_content(name: str, kind: str, data: bytes) -> None:
+def _check_content(name: str, kind: str, data: bytes, max_chars: int | None) -> None:
     if kind == "pdf":
         if b"%PDF-" not in data[:1024]:
             raise UnsupportedFile(f"{name}: the content is not a PDF ({_describe(data)}).")
     elif kind == "docx":
-        _check_docx(name, data)
+        _check_docx(name, data, max_chars)
     else:
-        _check_text(name, data)
+        _check_text(name, data, max_chars)
+
+
+def too_much_text(chars: int, max_chars: int) -> str:
+    """What to tell the uploader of a file whose text is over the per-file character cap."""
+    return (
+        f"its text is {chars:,} characters, over the limit of {max_chars:,} "
+        "characters per file; split it into smaller files."
+    )
 
 
 def _describe(data: bytes) -> str:
@@ -97,7 +114,7 @@ def _describe(data: bytes) -> str:
     return f"it looks like {guess.mime}" if guess else "no known file signature"
 
 
-def _check_text(name: str, data: bytes) -> None:
+def _check_text(name: str, data: bytes, max_chars: int | None) -> None:
     guess = filetype.guess(data)
     if guess is not None:
         raise UnsupportedFile(f"{name}: the content is {guess.mime}, not text.")
@@ -111,9 +128,11 @@ def _check_text(name: str, data: bytes) -> None:
         raise IngestionError(f"{name}: the text contains NUL bytes; it is not a text file.")
     if not text.strip():
         raise IngestionError(f"{name}: the file contains no text.")
+    if max_chars is not None and len(text) > max_chars:
+        raise FileTooLarge(f"{name}: {too_much_text(len(text), max_chars)}")
 
 
-def _check_docx(name: str, data: bytes) -> None:
+def _check_docx(name: str, data: bytes, max_chars: int | None) -> None:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -129,4 +148,11 @@ def _check_docx(name: str, data: bytes) -> None:
             raise IngestionError(
                 f"{name}: the document would expand to {inflated / 1e6:.0f} MB "
                 "(a decompression bomb?); refused."
+            )
+        xml = sum(i.file_size for i in infos if i.filename.lower().endswith((".xml", ".rels")))
+        if max_chars is not None and xml > XML_BYTES_PER_TEXT_CHAR * max_chars:
+            raise FileTooLarge(
+                f"{name}: the document holds more text than the limit of {max_chars:,} "
+                f"characters per file (its XML expands to {xml / 1e6:.0f} MB); "
+                "split it into smaller files."
             )
