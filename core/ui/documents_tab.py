@@ -129,7 +129,11 @@ def upload(
                 outcome = _ingest_one(services, team, path, principal.email or principal.subject)
                 rows.append(_outcome_row(outcome))
             progress((len(paths), len(paths)), desc="Done", unit="files")
-            summary = ", ".join(f"{r[0]}: {r[1]}" for r in rows)
+            # A refusal is audited with its reason (over a cap, the quota, a bad file).
+            summary = "; ".join(
+                f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}"
+                for r in rows
+            )
             record_ok(services, principal, "ui_upload", team, request, summary[:500], started)
             table, choices = _documents(services, principal, team, request)
     finally:
