@@ -1,0 +1,507 @@
+"""Outputs are scoped, not only actions (issue 12, item 2), against the real app.
+
+Team B (finance) gets rows of every kind, each carrying a unique canary: a document, an API
+key, conversations (also one owned by a sales user, as if they had been in finance before),
+and audit rows (its editor's subject starts with the canary). Then every Gradio event, every
+`/v1` route and every CLI command that returns rows is called as a member or editor of team A
+(sales), and the WHOLE output (every message of the event, walked recursively) must hold none
+of team B's values, while team A's own rows must be there (so each test can fail both ways).
+
+The handler table is checked against the running app's `/config` (and the API's route table,
+and the CLI's command tree): a handler added later without a row here fails the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from core import apikeys
+from core import conversations as conv
+from core.audit_query import AuditFilters
+from core.config import Settings
+from tests.ui_helpers import app_db_url, make_user, signed_in_client, wait_for_audit
+
+AUDIT_ALL = ["All time", "all", "", "", "any", None]
+AUDIT_FINANCE = ["All time", "finance", "", "", "any", None]
+
+
+# --- a Gradio session: one session hash for several events, like one browser tab ------------
+class GradioSession:
+    """Events of one browser session: component state (choices, gr.State) carries over."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.session_hash = uuid.uuid4().hex[:11]
+        config = client.get("/config", headers={"accept": "application/json"}).json()
+        self.ids = {d["api_name"]: int(d["id"]) for d in config["dependencies"]}
+        self.backend_events = {d["api_name"] for d in config["dependencies"] if d["backend_fn"]}
+        self.loaded: list[dict[str, Any]] = []
+
+    def call(self, api_name: str, data: list[Any]) -> list[dict[str, Any]]:
+        """Every message the event sent (progress, partial outputs, the final one)."""
+        joined = self.client.post(
+            "/gradio_api/queue/join",
+            json={"data": data, "fn_index": self.ids[api_name], "session_hash": self.session_hash,
+                  "event_data": None, "trigger_id": None},
+        )  # fmt: skip
+        joined.raise_for_status()
+        event_id = joined.json()["event_id"]
+        messages: list[dict[str, Any]] = []
+        params = {"session_hash": self.session_hash}
+        with self.client.stream("GET", "/gradio_api/queue/data", params=params) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") not in (None, event_id):
+                    continue
+                messages.append(message)
+                if message.get("msg") == "process_completed":
+                    return messages
+        raise AssertionError(f"{api_name} never completed: {messages}")
+
+    def ok(self, api_name: str, data: list[Any]) -> list[dict[str, Any]]:
+        """`call`, asserting the event succeeded."""
+        messages = self.call(api_name, data)
+        assert messages[-1].get("success") is True, messages[-1]
+        return messages
+
+    def upload(self, name: str, text: str) -> dict[str, Any]:
+        """A file sent to Gradio's upload route, as the File component does."""
+        answer = self.client.post(
+            "/gradio_api/upload", files={"files": (name, text.encode("utf-8"), "text/plain")}
+        )
+        answer.raise_for_status()
+        return {"path": answer.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+def final_data(messages: list[dict[str, Any]]) -> list[Any]:
+    """The outputs of the final message."""
+    return list(messages[-1]["output"]["data"])
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string (keys too) and number anywhere in a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from strings(item)
+    elif value is not None:
+        yield str(value)
+
+
+def assert_scoped(output: Any, own: list[str], foreign: list[str]) -> None:
+    """None of `foreign` anywhere in `output`; all of `own` somewhere in it."""
+    blob = "\n".join(strings(output)).lower()
+    leaked = [f for f in foreign if f.lower() in blob]
+    assert not leaked, f"team B's values reached a team A caller: {leaked}"
+    missing = [o for o in own if o.lower() not in blob]
+    assert not missing, f"team A's own rows are missing: {missing}\n{blob[:2000]}"
+
+
+# --- the rows of both teams ---------------------------------------------------------------
+@dataclass
+class World:
+    """Users of both teams and the ids of their rows."""
+
+    base_url: str
+    db: str
+    sales: str  # the sales canary
+    fin: str  # the finance canary
+    users: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def foreign(self) -> list[str]:
+        """Every value of team B that a team A caller must never receive."""
+        keys = ("fin_key", "fin_doc", "fin_conv", "fin_conv_mine", "fin_editor")
+        return [self.fin, *(self.ids[k] for k in keys)]
+
+    @contextmanager
+    def session(self, who: str) -> Iterator[GradioSession]:
+        """A signed-in Gradio session of one of the world's users, page already loaded."""
+        with signed_in_client(self.base_url, self.users[who]) as client:
+            session = GradioSession(client)
+            session.loaded = session.ok("load", [])
+            yield session
+
+
+def _docs_of(session: GradioSession, team: str) -> dict[str, str]:
+    """filename -> document id, from the Documents tab's list."""
+    picker = final_data(session.ok("reload", [team]))[1]
+    return {name: doc_id for name, doc_id in picker["choices"]}
+
+
+def _new_key(session: GradioSession, team: str) -> tuple[str, str]:
+    """(id, secret) of a new key of `team`, made through the Admin tab's event."""
+    secret = final_data(session.ok("admin_create_key", [team, "member", 30]))[0]
+    assert secret.startswith("tlm_"), secret
+    return str(secret.split("_")[1]), str(secret)
+
+
+def _team_rows(world: World, who: str, team: str, canary: str, prefix: str) -> None:
+    with world.session(who) as session:
+        files = [session.upload(f"{canary}-{n}.txt", f"{canary} {n} notes.") for n in ("a", "b")]
+        session.ok("do_upload", [files, team])
+        docs = _docs_of(session, team)
+        world.ids[f"{prefix}_doc"] = docs[f"{canary}-a.txt"]
+        world.ids[f"{prefix}_doc_spare"] = docs[f"{canary}-b.txt"]
+        world.ids[f"{prefix}_key"], world.ids[f"{prefix}_secret"] = _new_key(session, team)
+
+
+def _conversations(world: World) -> None:
+    db, member = world.db, world.users["sales_member"]
+    sales = conv.create_conversation(db, member, "sales", f"{world.sales} chat")
+    conv.append_messages(db, member, "sales", sales, [conv.StoredMessage("user", world.sales)])
+    world.ids["sales_conv"] = sales
+    world.ids["sales_conv_spare"] = conv.create_conversation(db, member, "sales", "spare")
+    # The same user's conversation in finance: only the tenant filter keeps it out.
+    world.ids["fin_conv_mine"] = conv.create_conversation(db, member, "finance", f"{world.fin} x")
+    fin_owner = world.users["fin_editor"]
+    world.ids["fin_conv"] = conv.create_conversation(db, fin_owner, "finance", f"{world.fin} y")
+
+
+@pytest.fixture(scope="module")
+def world(app_server) -> World:
+    """Both teams' rows, made through the real app by their own editors."""
+    sales, fin = f"salescanary{uuid.uuid4().hex[:8]}", f"fincanary{uuid.uuid4().hex[:8]}"
+    w = World(app_server.base_url, app_db_url(app_server.data_dir), sales, fin)
+    issuer = app_server.issuer
+    w.users = {
+        "sales_member": make_user(issuer, ["sales"], prefix="salesmember"),
+        "sales_editor": make_user(issuer, ["sales-editors"], prefix=sales),
+        "fin_editor": make_user(issuer, ["finance-editors"], prefix=fin),
+        "auditor": make_user(issuer, ["auditors"], prefix="auditor"),
+        "admin": make_user(issuer, ["admins"], prefix="admin"),
+    }
+    w.ids["fin_editor"] = w.users["fin_editor"]
+    _team_rows(w, "sales_editor", "sales", sales, "sales")
+    _team_rows(w, "fin_editor", "finance", fin, "fin")
+    _conversations(w)
+    # Team B's audit rows are stored before any audit handler is called.
+    assert wait_for_audit(w.db, AuditFilters(user=w.users["fin_editor"], action="ui_create_key"))
+    return w
+
+
+# --- Gradio events: one scenario per event of the running app -----------------------------
+Scenario = Callable[[World], None]
+
+
+def _open_sales(s: GradioSession, w: World, conversation: str = "sales_conv") -> Any:
+    s.ok("switch", ["sales"])  # sets this session's conversation choices, as the page does
+    return s.ok("conversation_open", [w.ids[conversation], "sales"])
+
+
+def scenario_load(w: World) -> None:
+    with w.session("sales_member") as s:
+        out = s.loaded
+    # A sales member's page knows nothing of finance, not even that it is a choice.
+    assert_scoped(out, ["sales", w.users["sales_member"]], [*w.foreign(), "finance"])
+
+
+def scenario_switch(w: World) -> None:
+    with w.session("sales_member") as s:
+        out = s.ok("switch", ["sales"])
+    assert_scoped(out, [w.ids["sales_conv"], w.sales], w.foreign())
+
+
+def scenario_open(w: World) -> None:
+    with w.session("sales_member") as s:
+        out = _open_sales(s, w)
+    # The conversation id goes to a gr.State (kept on the server): the messages are the proof.
+    assert_scoped(out, [w.sales], w.foreign())
+
+
+def scenario_send(api_name: str) -> Scenario:
+    def run(w: World) -> None:
+        with w.session("sales_member") as s:
+            _open_sales(s, w)
+            out = s.ok(api_name, ["Say hello.", "sales", None])
+        # The history shown is the open conversation's (its message is the sales canary).
+        assert_scoped(out, [w.sales, w.ids["sales_conv"]], w.foreign())
+
+    return run
+
+
+def scenario_rename(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_sales(s, w)
+        out = s.ok("rename", [None, "sales", f"{w.sales} chat renamed"])
+    assert_scoped(out, [f"{w.sales} chat renamed", w.ids["sales_conv"]], w.foreign())
+
+
+def scenario_delete(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_sales(s, w, "sales_conv_spare")
+        out = s.ok("delete", [None, "sales"])
+    assert_scoped(out, [w.ids["sales_conv"]], [*w.foreign(), w.ids["sales_conv_spare"]])
+
+
+def scenario_constant(api_name: str, who: str, inputs: list[Any]) -> Scenario:
+    """Events whose function returns constants (no rows): still nothing of team B."""
+
+    def run(w: World) -> None:
+        with w.session(who) as s:
+            out = s.ok(api_name, inputs)
+        assert_scoped(out, [], w.foreign())
+
+    return run
+
+
+def scenario_reload(w: World) -> None:
+    with w.session("sales_member") as s:
+        out = s.ok("reload", ["sales"])
+    assert_scoped(out, [f"{w.sales}-a.txt", w.ids["sales_doc"]], w.foreign())
+
+
+def scenario_upload(w: World) -> None:
+    with w.session("sales_editor") as s:
+        out = s.ok("do_upload", [[s.upload(f"{w.sales}-c.txt", f"{w.sales} c.")], "sales"])
+    assert_scoped(out, [f"{w.sales}-c.txt", f"{w.sales}-a.txt", w.ids["sales_doc"]], w.foreign())
+
+
+def scenario_pick(w: World) -> None:
+    with w.session("sales_editor") as s:
+        s.ok("reload", ["sales"])
+        out = s.ok("pick", [w.ids["sales_doc"], "sales"])
+    assert_scoped(out, [w.sales], w.foreign())  # the name is shown markdown-escaped
+
+
+def scenario_confirm(w: World) -> None:
+    with w.session("sales_editor") as s:
+        s.ok("reload", ["sales"])
+        out = s.ok("confirm", [w.ids["sales_doc_spare"], "sales"])
+    assert_scoped(out, [f"{w.sales}-a.txt", w.ids["sales_doc"]], w.foreign())
+
+
+def _exported(s: GradioSession, out: list[dict[str, Any]]) -> str:
+    """The text of the CSV file an export event returned."""
+    update = final_data(out)[0]
+    answer = s.client.get(update["value"]["url"])
+    answer.raise_for_status()
+    return answer.text
+
+
+def scenario_audit(api_name: str, with_page: bool = True) -> Scenario:
+    """The audit log: refused to a sales editor; an auditor gets exactly the team asked for."""
+
+    def run(w: World) -> None:
+        shape: Callable[[list[Any]], list[Any]] = (lambda d: d) if with_page else (lambda d: d[:-1])
+        with w.session("sales_editor") as s:
+            for data in (AUDIT_ALL, AUDIT_FINANCE):
+                out = s.call(api_name, shape(data))
+                assert out[-1].get("success") is False, out[-1]
+                assert_scoped(out, ["auditors and admins"], w.foreign())
+        with w.session("auditor") as s:
+            out = s.ok(api_name, shape(AUDIT_FINANCE))
+            shown = out if with_page else [_exported(s, out)]
+        assert_scoped(shown, [w.fin], [w.sales])
+
+    return run
+
+
+def scenario_admin_view(api_name: str) -> Scenario:
+    """The Admin tab's overview: refused to a sales editor; an admin sees every team's keys."""
+
+    def run(w: World) -> None:
+        with w.session("sales_editor") as s:
+            out = s.call(api_name, [])
+        assert out[-1].get("success") is False, out[-1]
+        assert_scoped(out, ["admins"], w.foreign())
+        with w.session("admin") as s:
+            out = s.ok(api_name, [])
+        assert_scoped(out, [w.ids["sales_key"], w.ids["fin_key"]], [])
+
+    return run
+
+
+def scenario_create_key(w: World) -> None:
+    # The reproduced hole: allowed for a sales editor on sales, it answered every team's keys.
+    with w.session("sales_editor") as s:
+        out = s.ok("admin_create_key", ["sales", "member", 30])
+    assert_scoped(out, ["tlm_", w.ids["sales_key"]], w.foreign())
+    with w.session("admin") as s:
+        out = s.ok("admin_create_key", ["sales", "member", 30])
+    assert_scoped(out, [w.ids["sales_key"], w.ids["fin_key"]], [])
+
+
+def _key_revoked(w: World, key_id: str) -> bool:
+    [key] = [k for k in apikeys.list_keys(Settings(database_url=w.db)) if k.id == key_id]
+    return key.revoked_at is not None
+
+
+def scenario_revoke_key(w: World) -> None:
+    with w.session("sales_editor") as s:
+        spare, _ = _new_key(s, "sales")
+        out = s.ok("admin_revoke_key", [spare])
+        assert_scoped(out, [w.ids["sales_key"], spare], w.foreign())
+        # Another team's key: refused like an unknown id, and it still works.
+        refused = s.call("admin_revoke_key", [w.ids["fin_key"]])
+    assert refused[-1].get("success") is False, refused[-1]
+    assert "No API key" in str(refused[-1]["output"])
+    assert_scoped(refused, [], [w.fin, w.ids["fin_doc"], w.ids["fin_editor"], "finance"])
+    assert _key_revoked(w, spare) and not _key_revoked(w, w.ids["fin_key"])
+
+
+HANDLERS: dict[str, Scenario] = {
+    "load": scenario_load,
+    # Chat tab (a sales member)
+    "chat_send": scenario_send("chat_send"),
+    "chat_send_btn": scenario_send("chat_send_btn"),
+    "lambda": scenario_constant("lambda", "sales_member", []),  # Stop: the idle label
+    "conversation_open": scenario_open,
+    "switch": scenario_switch,
+    "lambda_1": scenario_constant("lambda_1", "sales_member", []),  # New conversation
+    "rename": scenario_rename,
+    "delete": scenario_delete,
+    # Documents tab (a sales member reads, a sales editor changes)
+    "reload": scenario_reload,
+    "do_upload": scenario_upload,
+    "pick": scenario_pick,
+    "confirm": scenario_confirm,
+    "lambda_2": scenario_constant("lambda_2", "sales_editor", []),  # Cancel the deletion
+    # Audit tab
+    "audit_query": scenario_audit("audit_query"),
+    "lambda_3": scenario_constant("lambda_3", "sales_editor", [None]),  # previous page number
+    "show": scenario_audit("show"),
+    "lambda_4": scenario_constant("lambda_4", "sales_editor", [None]),  # next page number
+    "show_1": scenario_audit("show_1"),
+    "audit_export": scenario_audit("audit_export", with_page=False),
+    "show_2": scenario_audit("show_2"),
+    # Admin tab
+    "admin_overview": scenario_admin_view("admin_overview"),
+    "fill": scenario_admin_view("fill"),
+    "admin_create_key": scenario_create_key,
+    "admin_revoke_key": scenario_revoke_key,
+}
+
+
+def test_every_gradio_event_has_a_scenario(world: World) -> None:
+    """The table covers exactly the events of the running app that run a function."""
+    with world.session("sales_member") as s:
+        events = s.backend_events
+    assert events == set(HANDLERS), (
+        f"events without a scenario: {sorted(events - set(HANDLERS))}; "
+        f"scenarios of events that are gone: {sorted(set(HANDLERS) - events)}"
+    )
+
+
+@pytest.mark.parametrize("api_name", list(HANDLERS))
+def test_gradio_event_returns_only_the_callers_team(world: World, api_name: str) -> None:
+    HANDLERS[api_name](world)
+
+
+# --- the OpenAI-compatible API, as a sales API key ----------------------------------------
+def _api(w: World, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {w.ids['sales_secret']}"}
+    return httpx.request(method, w.base_url + path, json=body, headers=headers, timeout=300)
+
+
+def api_models(w: World) -> None:
+    answer = _api(w, "GET", "/v1/models")
+    assert answer.status_code == 200, answer.text
+    assert [m["id"] for m in answer.json()["data"]] == ["sales"]
+    assert_scoped(answer.json(), ["sales"], w.foreign())
+
+
+def api_model(w: World) -> None:
+    own = _api(w, "GET", "/v1/models/sales")
+    assert own.status_code == 200 and own.json()["id"] == "sales", own.text
+    other = _api(w, "GET", "/v1/models/finance")
+    assert other.status_code == 403, other.text
+    assert_scoped(other.json(), [], [*w.foreign(), "budgets"])  # not finance's description
+
+
+def _ask(w: World, model: str) -> httpx.Response:
+    question = f"What do the {w.sales} notes say?"
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 8}
+    return _api(w, "POST", "/v1/chat/completions", body)
+
+
+def api_chat(w: World) -> None:
+    answer = _ask(w, "sales")
+    assert answer.status_code == 200, answer.text
+    # The sales canary is in the question too: the positive is read from the sources only.
+    assert_scoped(answer.json()["tenantllm"]["sources"], [f"{w.sales}-"], [])
+    assert_scoped(answer.json(), [], w.foreign())
+    other = _ask(w, "finance")
+    assert other.status_code == 403, other.text
+    assert_scoped(other.json(), [], w.foreign())
+
+
+API_ROUTES: dict[tuple[str, str], Scenario] = {
+    ("GET", "/v1/models"): api_models,
+    ("GET", "/v1/models/{model}"): api_model,
+    ("POST", "/v1/chat/completions"): api_chat,
+}
+
+
+def test_every_api_route_has_a_scenario() -> None:
+    from core.api import router
+
+    routes = {(m, r.path) for r in router.routes for m in getattr(r, "methods", None) or ()}
+    routes -= {("HEAD", path) for _, path in routes}  # Starlette's automatic HEAD for GET
+    assert routes == set(API_ROUTES)
+
+
+@pytest.mark.parametrize("route", list(API_ROUTES), ids=" ".join)
+def test_api_route_returns_only_the_callers_team(world: World, route: tuple[str, str]) -> None:
+    API_ROUTES[route](world)
+
+
+# --- CLI commands (the operator on the server asks for one team) --------------------------
+CLI_ROWS: dict[str, tuple[list[str], str]] = {
+    # command -> (arguments for team sales, the sales value that must be in the output)
+    "keys list": (["keys", "list", "--tenant", "sales", "--json"], "sales_key"),
+    "docs": (["docs", "--tenant", "sales", "--json"], "sales_doc"),
+    "audit list": (["audit", "list", "--tenant", "sales", "--json", "--limit", "1000"], "sales"),
+    "audit export": (["audit", "export", "--tenant", "sales"], "sales"),
+}
+# Commands that print no team's rows, or only rows of what they were just given.
+CLI_NO_ROWS = {
+    "serve": "starts the server",
+    "db upgrade": "migrates the schema",
+    "tenants": "the team registry (no team's data)",
+    "ingest": "outcomes of the files it was given",
+    "rm": "the one document named (NotFound outside --tenant)",
+    "reindex": "a chunk count",
+    "keys create": "the key it made",
+    "keys revoke": "the key it revoked",
+    "audit verify": "the chain's head hash",
+    # Its sources come from the same knowledge.retrieve(tenant) as the API's (api_chat); it
+    # starts its own engine, minutes on this machine beside the app's.
+    "ask": "one answer from --tenant's documents",
+}
+
+
+def _cli_commands(group: Any, prefix: str = "") -> set[str]:
+    found: set[str] = set()
+    for name, command in group.commands.items():
+        full = f"{prefix}{name}"
+        found |= _cli_commands(command, f"{full} ") if hasattr(command, "commands") else {full}
+    return found
+
+
+def test_every_cli_command_is_classified() -> None:
+    from core.cli import main
+
+    assert _cli_commands(main) == set(CLI_ROWS) | set(CLI_NO_ROWS)
+
+
+@pytest.mark.parametrize("command", list(CLI_ROWS))
+def test_cli_command_returns_only_the_asked_team(app_server, world: World, command: str) -> None:
+    args, own = CLI_ROWS[command]
+    done = app_server.cli(*args)
+    assert done.returncode == 0, done.stderr
+    own_value = world.sales if own == "sales" else world.ids[own]
+    assert_scoped(done.stdout, [own_value], world.foreign())
