@@ -11,7 +11,9 @@ Gradio 6.31's page needs a few inline `<script>` elements (its config and bootst
 `gradio/templates/frontend/index.html`), and the config one changes per request, so a hash
 cannot allow it. Each HTML response therefore gets a fresh nonce, stamped on the `<script>`
 tags of that server-rendered page only; anything added later in the browser (an injected tag,
-an event attribute, a `javascript:` URL) carries no nonce and is refused. Gradio compresses its
+an event attribute, a `javascript:` URL) carries no nonce and is refused. Gradio's gr.HTML needs
+`'unsafe-eval'` (its templates are compiled with `new Function`); eval only runs strings that
+already-running code hands it, so the nonce still decides which code starts. Gradio compresses its
 responses (Brotli) when the browser allows it; a page cannot be stamped compressed, so page
 requests are asked for uncompressed bodies. Styles stay `'unsafe-inline'`: Svelte and the theme
 set inline styles everywhere, and CSS cannot fetch anything `img-src` forbids.
@@ -47,7 +49,9 @@ def content_security_policy(nonce: str, form_targets: list[str]) -> str:
     return "; ".join(
         [
             "default-src 'self'",
-            f"script-src 'self' 'nonce-{nonce}'",
+            # 'unsafe-eval': Gradio 6.31's gr.HTML renders its template and `js_on_load`
+            # with `new Function` (the header uses gr.HTML); without it the page stays blank.
+            f"script-src 'self' 'nonce-{nonce}' 'unsafe-eval'",
             "style-src 'self' 'unsafe-inline'",
             "img-src 'self' data:",
             "font-src 'self' data:",
