@@ -116,19 +116,33 @@ class GradioGuard:
         await self.app(scope, receive, send)
 
     async def _bound(
-        self, principal: Principal, session_hash: str | None, scope: Scope, receive, send
+        self,
+        principal: Principal,
+        session_hash: str | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        if session_hash and not self.sessions.claim(session_hash, principal.subject):
-            self._audit(scope, principal, "ui_session", "denied", 404, "session of someone else")
-            await _answer(scope, receive, send, NotFound("No such session."))
-            return
-        await self.app(scope, receive, send)
+        if await self._claimed(principal, session_hash, scope, receive, send):
+            await self.app(scope, receive, send)
 
-    async def _queue_data(self, principal: Principal, scope: Scope, receive, send) -> None:
+    async def _claimed(
+        self, principal: Principal, session_hash: Any, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Whether the session hash is this principal's (else refused, audited, answered)."""
+        if not isinstance(session_hash, str) or not session_hash:
+            return True  # none given: Gradio refuses the request itself
+        if self.sessions.claim(session_hash, principal.subject):
+            return True
+        self._audit(scope, principal, "ui_session", "denied", 404, "session of someone else")
+        await _answer(scope, receive, send, NotFound("No such session."))
+        return False
+
+    async def _queue_data(
+        self, principal: Principal, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         session_hash = payloads.query_value(scope, "session_hash")
-        if session_hash and not self.sessions.claim(session_hash, principal.subject):
-            self._audit(scope, principal, "ui_session", "denied", 404, "session of someone else")
-            await _answer(scope, receive, send, NotFound("No such session."))
+        if not await self._claimed(principal, session_hash, scope, receive, send):
             return
         folder = self.registry.folder().encode()
         pending = b""
@@ -164,12 +178,7 @@ class GradioGuard:
             await _answer(scope, receive, send, err)
             return
         data = payloads.json_body(body) or {}
-        session_hash = data.get("session_hash")
-        if isinstance(session_hash, str) and not self.sessions.claim(
-            session_hash, principal.subject
-        ):
-            self._audit(scope, principal, "ui_session", "denied", 404, "session of someone else")
-            await _answer(scope, receive, send, NotFound("No such session."))
+        if not await self._claimed(principal, data.get("session_hash"), scope, receive, send):
             return
         foreign = [p for p in self._inputs(data) if not self.registry.owns(principal.subject, p)]
         if join and foreign:
@@ -196,7 +205,9 @@ class GradioGuard:
         self._audit(scope, principal, "ui_file", "denied", 404, detail)
         await _answer(scope, receive, send, NotFound("No such file."))
 
-    async def _upload(self, principal: Principal, scope: Scope, receive, send) -> None:
+    async def _upload(
+        self, principal: Principal, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         route = UploadRoute(self.services, self.registry, principal, scope)
         await route.run(self.app, receive, send)
 

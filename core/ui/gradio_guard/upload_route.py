@@ -119,15 +119,23 @@ class UploadRoute:
         if len(held) <= self.max_files:
             return None
         self.registry.withdraw(subject, fresh)  # deletes what only this upload brought
-        return self._too_many(self.registry.held(subject))
+        return self._too_many(self.registry.held(subject), uploading=len(fresh))
 
-    def _too_many(self, held: list[float]) -> RateLimited:
+    def _too_many(self, held: list[float], uploading: int = 0) -> RateLimited:
+        # `held`: this person's waiting uploads; `uploading`: files of a refused request.
         wait = self.registry.ttl_seconds - (self.registry.now() - held[0]) if held else 1
+        if uploading:
+            message = (
+                f"This upload would leave {len(held) + uploading} files waiting to be indexed; "
+                f"at most {self.max_files} at a time. Upload fewer files at once."
+            )
+        else:
+            message = (
+                f"You already have {len(held)} uploaded files waiting to be indexed; at most "
+                f"{self.max_files} at a time. Index them (Upload and index) or try again later."
+            )
         return RateLimited(
-            f"You have {len(held)} uploaded file(s) waiting to be indexed; at most "
-            f"{self.max_files} at a time. Index them (Upload and index) or wait a few minutes.",
-            retry_after=max(1, math.ceil(wait)),
-            limit=f"{self.max_files} files",
+            message, retry_after=max(1, math.ceil(wait)), limit=f"{self.max_files} files"
         )
 
     def _too_large(self) -> FileTooLarge:
