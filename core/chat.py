@@ -207,7 +207,8 @@ async def start_chat_turn(
     """Check, retrieve and prepare one chat turn for `principal`; refusals are audited.
 
     Raises TenantNotFound, PermissionDenied, RateLimited, InvalidRequest, PromptTooLong,
-    PromptRejected or EngineUnavailable, each after writing one audit event.
+    PromptRejected or EngineUnavailable, each after writing one audit event. Cancelled while
+    preparing (the Stop button before the first token, a client gone), it records `cancelled`.
     """
     audit = _AuditContext(
         action="api_chat" if request.channel == "api" else "chat",
@@ -223,6 +224,10 @@ async def start_chat_turn(
     except TenantLLMError as exc:
         outcome, status = _outcome_for(exc)
         services.auditor.record(audit.event(outcome, status, exc))
+        raise
+    except asyncio.CancelledError:
+        # Not an Exception: without this a turn stopped during retrieval left no audit row.
+        services.auditor.record(audit.event("cancelled", 499, None))
         raise
     except Exception as exc:  # a bug or a broken store: still one audit event, then re-raise
         services.auditor.record(audit.event("error", 500, exc))

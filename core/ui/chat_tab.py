@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ async def send_message(
     team: str | None,
     conversation_id: str | None,
     request: gr.Request,
-) -> AsyncIterator[tuple[Any, ...]]:
+) -> AsyncGenerator[tuple[Any, ...], None]:
     """Stream one answer; save the question and the (possibly stopped) answer afterwards.
 
     Yields (chatbot, conversation id, conversation list, textbox).
@@ -133,8 +134,9 @@ async def send_message(
     choices = gr.update(choices=_choices(services, principal.subject, team), value=conversation_id)
     answer = ""
     finished = False
+    stream = turn.stream()
     try:
-        async for chunk in turn.stream():
+        async for chunk in stream:
             answer = chunk.text
             # Sources are known before the first token: shown under the answer from the start,
             # so they stay visible when the person stops the answer.
@@ -155,6 +157,11 @@ async def send_message(
         log.exception("chat stream failed")
         raise gr.Error(user_message(exc), print_exception=False) from exc
     finally:
+        # Stop cancels Gradio's task; when that lands outside our generators, Gradio only
+        # closes its own wrapper, and this turn's stream would wait for the garbage collector
+        # (no abort, no `cancelled` audit row). Close it now; audit a turn never streamed.
+        await stream.aclose()
+        turn.abandon()
         saved = answer + ("" if finished else STOPPED_NOTE)
         conv.append_messages(
             db,
@@ -293,8 +300,10 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
 def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Handlers close over `services`; everything user-related is re-read from the request.
     async def send(message: str, team_id: str | None, cid: str | None, request: gr.Request):
-        async for update in send_message(services, message, team_id, cid, request):
-            yield update
+        # aclosing: closing this generator (Stop) closes the chat turn's at once, not at GC.
+        async with aclosing(send_message(services, message, team_id, cid, request)) as updates:
+            async for update in updates:
+                yield update
 
     def open_(cid: str | None, team_id: str | None, request: gr.Request):
         return open_conversation(services, cid, team_id, request)
