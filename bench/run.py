@@ -3,6 +3,7 @@
     python -m bench.run            # the full suite (`make bench`), < 20 minutes on 2 cores
     python -m bench.run --quick    # tiny sizes, for developing the harness
     python -m bench.run --only audit,retrieval
+    python -m bench.run --only prefix --merge   # re-run some, keep the others' results
 
 Each benchmark module has `run(ctx) -> BenchResult`. One failing benchmark is reported (its
 error goes into the results) and the others still run. Quick runs write to a scratch folder,
@@ -34,6 +35,7 @@ from bench.common import (
     markdown_table,
     targets_table,
 )
+from bench.merge import merge_results
 
 # Order: the engine benchmarks share one product engine, stopped before the CPU-only ones;
 # retrieval goes last because it sizes its biggest store to the time budget that is left.
@@ -42,10 +44,11 @@ BENCHMARKS: dict[str, str] = {
     "overhead": "bench.overhead",
     "shared": "bench.shared_vs_separate",
     "fairness": "bench.fairness",
+    "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
     "retrieval": "bench.retrieval_bench",
 }
-ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "scaling"}
+ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "prefix", "scaling"}
 
 
 _ENV_AT_START: dict[str, str] = {}
@@ -208,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (development)")
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(BENCHMARKS))
     parser.add_argument("--out", type=Path, default=None, help="where results go")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other benchmarks' results in --out"
+    )
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING)
@@ -219,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = (args.out or (quick_out if args.quick else RESULTS_DIR)).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="tenantllm-bench-"))
+    final_dir = out_dir
+    if args.merge:  # write the partial report aside, fold it into out_dir at the end
+        out_dir = work_dir / "partial-results"
+        out_dir.mkdir()
     started = time.perf_counter()
     machine = machine_info()
     ctx = BenchContext(quick=args.quick, work_dir=work_dir, out_dir=out_dir, model_dir=_model_dir())
@@ -230,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append(_run_one(key, ctx))
             # Written after every benchmark: an interrupted run keeps what it finished.
             _write(out_dir, started, args.quick, machine, keys, ctx, results)
+        if args.merge:
+            merge_results(final_dir, out_dir)
     finally:
         ctx.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-    print(f"[bench] wrote {out_dir / 'latest.md'}", flush=True)
+    print(f"[bench] wrote {final_dir / 'latest.md'}", flush=True)
     return 1 if any(r.error for r in results) else 0
 
 
