@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
@@ -164,6 +164,7 @@ class Limits:
 
 def install_rate_limits(app: FastAPI, services: Services) -> None:
     """Attach the limiter to `app`; 429 answers carry Retry-After and are audited."""
+    from core.api_errors import error_response
     from core.audit import AuditEvent
 
     app.state.limiter = services.limits.limiter
@@ -177,9 +178,7 @@ def install_rate_limits(app: FastAPI, services: Services) -> None:
     async def handler_refused(request: Request, exc: Exception) -> Response:
         # Raised by Limits.check / generation_slot in a plain route: the raiser audits it.
         assert isinstance(exc, RateLimited)
-        body = {"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}}
-        headers = {"Retry-After": str(exc.retry_after)}
-        return JSONResponse(body, status_code=exc.status, headers=headers)
+        return error_response(exc)  # the one OpenAI error body, with Retry-After
 
     app.add_exception_handler(RateLimitExceeded, slowapi_refused)
     app.add_exception_handler(RateLimited, handler_refused)
