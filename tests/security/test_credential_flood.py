@@ -90,3 +90,27 @@ def test_flood_of_bad_keys_costs_a_few_rows_and_stays_visible(app_server: Any) -
     for row in rows:
         assert row.client_ip == "127.0.0.1", row
         assert row.user_agent == user_agent and row.status == 401
+
+
+def test_refusal_log_windows_per_address_and_action() -> None:
+    from core.refusals import IMMEDIATE_ROWS, Refusal, RefusalLog
+    from tests.fixtures.oidc import RecordingAuditor
+
+    sink, now = RecordingAuditor(), [1000.0]
+    log = RefusalLog(sink, WINDOW_S, clock=lambda: now[0])
+
+    def refuse(ip: str, n: int, action: str = "bearer_auth") -> None:
+        for _ in range(n):
+            log.refused(Refusal("This API key is not valid.", "NotAuthenticated", ip, "ua", action))
+
+    refuse("10.0.0.1", 50)
+    refuse("10.0.0.2", 2)
+    refuse("10.0.0.1", 3, action="api_models")
+    assert len(sink.events) == IMMEDIATE_ROWS + 2 + 3  # the first ones at once, each its own
+    now[0] += WINDOW_S + 1
+    log.flush()
+    [summary] = sink.events[IMMEDIATE_ROWS + 5 :]
+    assert summary.client_ip == "10.0.0.1" and summary.action == "bearer_auth"
+    assert summary.flags == ["aggregated", f"count={50 - IMMEDIATE_ROWS}"]
+    refuse("10.0.0.1", 1)  # a new window: visible at once again
+    assert sink.events[-1].flags == [] and len(sink.events) == IMMEDIATE_ROWS + 7
