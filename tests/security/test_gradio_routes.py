@@ -403,3 +403,26 @@ def _log_after(path: Path, marker: str, deadline_s: float = 30) -> str:
         if marker in text or time.monotonic() > end:
             return text
         time.sleep(0.5)
+
+
+def test_uploads_not_indexed_in_time_are_deleted(tmp_path: Path) -> None:
+    """The cleanup behind the count cap (in-process: the TTL is minutes in the real app)."""
+    from core.ui.gradio_guard import UploadRegistry
+
+    now = [1000.0]
+    registry = UploadRegistry(lambda: str(tmp_path), ttl_seconds=600, clock=lambda: now[0])
+    kept, shared = tmp_path / "a1" / "kept.txt", tmp_path / "b2" / "shared.txt"
+    for path in (kept, shared):
+        path.parent.mkdir()
+        path.write_text("x")
+    registry.grant("alice", [str(kept), str(shared)], uploaded=True)
+    now[0] += 300
+    registry.grant("bob", [str(shared)], uploaded=True)
+    assert len(registry.held("alice")) == 2 and registry.owns("bob", str(shared))
+    assert not registry.owns("bob", str(kept))
+    now[0] += 301  # alice's grants expired, bob's has 299 s left
+    assert registry.held("alice") == [] and not registry.owns("alice", str(kept))
+    assert not kept.exists() and not kept.parent.exists()  # deleted with its folder
+    assert shared.exists() and registry.owns("bob", str(shared))  # still bob's
+    now[0] += 300
+    assert registry.held("bob") == [] and not shared.exists()
