@@ -54,8 +54,7 @@ def _merged_json(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         {
             "benchmarks": sorted(replaced),
             "generated_at": new["generated_at"],
-            "git_commit": new["machine"]["git_commit"],
-            "load_average_at_start": new["machine"]["load_average_at_start"],
+            "machine": new["machine"],
             "settings": new["settings"],
         }
     )

@@ -153,3 +153,57 @@ def test_report_writer_puts_every_target_in_json_and_markdown(tmp_path):
     assert [t["name"] for t in data["targets"]] == ["demo ratio", "demo latency"]
     assert all(set(t) == {"name", "value", "unit", "target", "met"} for t in data["targets"])
     assert data["x"] is None
+
+
+def test_merge_keeps_other_benchmarks_and_replaces_the_rerun(tmp_path):
+    from bench.merge import merge_results
+    from bench.run import write_markdown
+
+    def report_of(results, when):
+        machine = {
+            "cpu": "cpu",
+            "logical_cores": 2,
+            "memory_gib": 1,
+            "os": "os",
+            "python": "3.11",
+            "git_commit": when,
+            "load_average_at_start": [0, 0, 0],
+            "versions": {},
+        }
+        targets = [t for r in results for t in r.targets]
+        benchmarks = {
+            r.key: {"title": r.title, "data": r.data, "tables": [], "notes": []} for r in results
+        }
+        return {
+            "generated_at": when,
+            "duration_s": 1.0,
+            "quick": False,
+            "machine": machine,
+            "settings": {"benchmarks": list(benchmarks)},
+            "targets": targets,
+            "benchmarks": benchmarks,
+        }
+
+    def write(folder, results, when):
+        folder.mkdir()
+        report = report_of(results, when)
+        (folder / "latest.json").write_text(json.dumps(report))
+        write_markdown(folder / "latest.md", report, results)
+
+    a, b = BenchResult("a", "1. A"), BenchResult("b", "2. B")
+    a.targets.append(target("a ratio", 1.0, "x", ">=", 0.9))
+    b.targets.append(target("b old", 1.0, "x", ">=", 2.0))
+    write(tmp_path / "full", [a, b], "old")
+    b2 = BenchResult("b", "2. B", data={"fresh": True})
+    b2.targets.append(target("b old", 3.0, "x", ">=", 2.0))
+    write(tmp_path / "partial", [b2], "new")
+    merge_results(tmp_path / "full", tmp_path / "partial")
+    merged = json.loads((tmp_path / "full" / "latest.json").read_text())
+    assert [t["name"] for t in merged["targets"]] == ["a ratio", "b old"]
+    assert [t["met"] for t in merged["targets"]] == [True, True]
+    assert merged["benchmarks"]["b"]["data"] == {"fresh": True}
+    assert merged["merged_runs"][0]["benchmarks"] == ["b"]
+    text = (tmp_path / "full" / "latest.md").read_text()
+    assert "## Summary: 2 of 2 targets met" in text
+    assert text.count("## 1. A") == 1 and text.count("## 2. B") == 1
+    assert "Generated old" in text and "Re-run later and merged in: 2. B" in text
