@@ -157,6 +157,16 @@ async def test_cache_salt_is_per_tenant_and_server_side(engine: Engine, spy: Gen
         engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", cache_salt="x")  # type: ignore[call-arg]
 
 
+async def test_cache_salt_is_per_user_by_default(engine: Engine, spy: GenerateSpy) -> None:
+    assert engine.settings.prefix_cache_scope == "user"
+    for user in ("alice", "bob", "alice"):
+        await _collect(engine.stream_chat(FRANCE, GREEDY, tenant_id="sales", user_id=user))
+    salts = [prompt["cache_salt"] for prompt, _ in spy.calls]
+    assert salts[0] == salts[2] != salts[1]
+    assert salts[0] == cache_salt(engine.settings.secret_key, "sales", "alice")
+    assert salts[0] != cache_salt(engine.settings.secret_key, "sales")
+
+
 async def test_request_ids_priority_and_no_lora_passed_through(
     engine: Engine, spy: GenerateSpy
 ) -> None:
