@@ -48,10 +48,11 @@ def fn_index(client: httpx.Client, api_name: str) -> int:
     raise AssertionError(f"no event {api_name!r} in /config")
 
 
-def gradio_call(client: httpx.Client, api_name: str, data: list[Any]) -> dict[str, Any]:
-    """Join the queue for one event like the browser does; return the final message."""
-    session_hash = uuid.uuid4().hex[:11]
-    joined = client.post(
+def join_queue(
+    client: httpx.Client, api_name: str, data: list[Any], session_hash: str
+) -> httpx.Response:
+    """Ask Gradio to run one event for `session_hash`, as the browser does (not raised)."""
+    return client.post(
         "/gradio_api/queue/join",
         json={
             "data": data,
@@ -61,7 +62,12 @@ def gradio_call(client: httpx.Client, api_name: str, data: list[Any]) -> dict[st
             "trigger_id": None,
         },
     )
-    joined.raise_for_status()
+
+
+def gradio_call(client: httpx.Client, api_name: str, data: list[Any]) -> dict[str, Any]:
+    """Join the queue for one event like the browser does; return the final message."""
+    session_hash = uuid.uuid4().hex[:11]
+    join_queue(client, api_name, data, session_hash).raise_for_status()
     with client.stream(
         "GET", "/gradio_api/queue/data", params={"session_hash": session_hash}
     ) as stream:

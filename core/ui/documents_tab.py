@@ -131,8 +131,7 @@ def upload(
             progress((len(paths), len(paths)), desc="Done", unit="files")
             # A refusal is audited with its reason (over a cap, the quota, a bad file).
             summary = "; ".join(
-                f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}"
-                for r in rows
+                f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}" for r in rows
             )
             record_ok(services, principal, "ui_upload", team, request, summary[:500], started)
             table, choices = _documents(services, principal, team, request)

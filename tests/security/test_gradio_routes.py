@@ -25,7 +25,14 @@ import pytest
 from starlette.routing import BaseRoute, Match, Mount
 
 from core.audit_query import AuditFilters
-from tests.ui_helpers import app_db_url, fn_index, make_user, signed_in_client, wait_for_audit
+from tests.ui_helpers import (
+    app_db_url,
+    fn_index,
+    join_queue,
+    make_user,
+    signed_in_client,
+    wait_for_audit,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -177,19 +184,6 @@ def test_every_gradio_route_is_refused_unless_needed(app_server, routes) -> None
 
 
 # --- sessions and deep links ------------------------------------------------------------
-def _join(client: httpx.Client, api_name: str, data: list[Any], session_hash: str) -> Any:
-    return client.post(
-        "/gradio_api/queue/join",
-        json={
-            "data": data,
-            "fn_index": fn_index(client, api_name),
-            "session_hash": session_hash,
-            "event_data": None,
-            "trigger_id": None,
-        },
-    )
-
-
 def _completed(client: httpx.Client, session_hash: str) -> dict[str, Any]:
     with client.stream(
         "GET", "/gradio_api/queue/data", params={"session_hash": session_hash}, timeout=300
@@ -205,10 +199,10 @@ def _completed(client: httpx.Client, session_hash: str) -> dict[str, Any]:
 
 def _chat(client: httpx.Client, text: str, session_hash: str) -> dict[str, Any]:
     """Open the page's session (its load event sets the team choices), then chat in it."""
-    loaded = _join(client, "load", [], session_hash)
+    loaded = join_queue(client, "load", [], session_hash)
     assert loaded.status_code == 200, loaded.text
     assert _completed(client, session_hash).get("success") is True
-    joined = _join(client, "chat_send", [text, "sales", None], session_hash)
+    joined = join_queue(client, "chat_send", [text, "sales", None], session_hash)
     assert joined.status_code == 200, joined.text
     return _completed(client, session_hash)
 
@@ -306,7 +300,7 @@ def test_upload_readable_and_usable_only_by_its_uploader(app_server) -> None:
         # Nor may another team's editor feed it to their own upload event (into finance).
         intruder = callers["other_editor"]
         data = [[_file_data(path, name)], "finance"]
-        joined = _join(intruder.client, "do_upload", data, uuid.uuid4().hex[:11])
+        joined = join_queue(intruder.client, "do_upload", data, uuid.uuid4().hex[:11])
         assert joined.status_code == 404, joined.text
     db = app_db_url(app_server.data_dir)
     assert wait_for_audit(db, AuditFilters(user=uploader, action="ui_upload_file", outcome="ok"))
@@ -350,7 +344,7 @@ def test_audit_export_downloads_only_for_its_auditor(app_server) -> None:
     filters = ["Last 24 hours", "all", "", "", "any"]
     with _callers(app_server) as callers, signed_in_client(app_server.base_url, auditor) as own:
         session = uuid.uuid4().hex[:11]
-        assert _join(own, "audit_export", filters, session).status_code == 200
+        assert join_queue(own, "audit_export", filters, session).status_code == 200
         done = _completed(own, session)
         assert done.get("success") is True, done
         [exported] = _paths_in(done["output"])
