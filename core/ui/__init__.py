@@ -89,8 +89,10 @@ def build_blocks(services: Services) -> gr.Blocks:
 
         private: dict[str, Any] = {"api_visibility": "private"}
         blocks.load(load, None, [identity, team, audit_tab, admin_tab], **private)
-        audit_tab.select(audit_fill, audit_inputs, audit_outputs, **private)
-        admin_tab.select(admin_fill, None, admin_outputs, **private)
+        audit_tab.select(
+            audit_fill, audit_inputs, audit_outputs, api_name="audit_tab_open", **private
+        )
+        admin_tab.select(admin_fill, None, admin_outputs, api_name="admin_tab_open", **private)
     return blocks
 
 

@@ -220,11 +220,17 @@ def build_audit_tab(services: Services) -> Any:
     private: dict[str, Any] = {"api_visibility": "private"}
     first = gr.State(1)
     apply_btn.click(show, [*widgets, first], outputs, api_name="audit_query", **private)
-    prev_btn.click(lambda p: max(1, int(p) - 1), [page], [page], queue=False, **private).then(
-        show, [*widgets, page], outputs, **private
-    )
-    next_btn.click(lambda p: int(p) + 1, [page], [page], queue=False, **private).then(
-        show, [*widgets, page], outputs, **private
-    )
+    # Named events: tests and the guard's audit rows refer to them by name, not position.
+    prev_btn.click(
+        lambda p: max(1, int(p) - 1),
+        [page],
+        [page],
+        queue=False,
+        api_name="audit_prev_page",
+        **private,
+    ).then(show, [*widgets, page], outputs, api_name="audit_show_prev", **private)
+    next_btn.click(
+        lambda p: int(p) + 1, [page], [page], queue=False, api_name="audit_next_page", **private
+    ).then(show, [*widgets, page], outputs, api_name="audit_show_next", **private)
     export_btn.click(csv, widgets, [export_file], api_name="audit_export", **private)
     return show, [*widgets, first], outputs

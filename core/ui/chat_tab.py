@@ -8,6 +8,7 @@ the signed-in user on every call: a conversation id of another user or team is `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -299,11 +300,31 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
 
 def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Handlers close over `services`; everything user-related is re-read from the request.
+    # This page's answers in flight, by Gradio session (bound to one principal by the guard).
+    running: dict[str, AsyncGenerator[tuple[Any, ...], None]] = {}
+
     async def send(message: str, team_id: str | None, cid: str | None, request: gr.Request):
         # aclosing: closing this generator (Stop) closes the chat turn's at once, not at GC.
+        key = request.session_hash or ""
         async with aclosing(send_message(services, message, team_id, cid, request)) as updates:
-            async for update in updates:
-                yield update
+            running[key] = updates
+            try:
+                async for update in updates:
+                    yield update
+            finally:
+                if running.get(key) is updates:
+                    del running[key]
+
+    async def stop(request: gr.Request):
+        # Gradio's cancel only reaches our generators when it lands inside them; landing
+        # between two updates it drops them, and the engine request would run on until the
+        # garbage collector closes them. So Stop closes this session's answer itself: that
+        # aborts the engine request and writes the `cancelled` row now.
+        updates = running.pop(request.session_hash or "", None)
+        if updates is not None:
+            with contextlib.suppress(RuntimeError):  # mid-step: the cancel lands inside it
+                await updates.aclose()
+        return gr.update(label=IDLE_LABEL)
 
     def open_(cid: str | None, team_id: str | None, request: gr.Request):
         return open_conversation(services, cid, team_id, request)
@@ -331,9 +352,7 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
         ),
     ]
     # Cancelling the event cancels the generator, which closes the engine stream (abort).
-    v.stop_btn.click(
-        lambda: gr.update(label=IDLE_LABEL), None, [v.chatbot], cancels=events, **private
-    )
+    v.stop_btn.click(stop, None, [v.chatbot], cancels=events, api_name="chat_stop", **private)
     v.conv_list.input(
         open_,
         [v.conv_list, team],
@@ -343,7 +362,12 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     )
     team.change(switch, [team], cleared, **private)
     v.new_btn.click(
-        lambda: (gr.update(value=None), [], None, ""), None, cleared, queue=False, **private
+        lambda: (gr.update(value=None), [], None, ""),
+        None,
+        cleared,
+        queue=False,
+        api_name="conversation_new",
+        **private,
     )
     v.rename_btn.click(rename, [v.conversation_id, team, v.title_box], [v.conv_list], **private)
     v.delete_btn.click(delete, [v.conversation_id, team], cleared, **private)

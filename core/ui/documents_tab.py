@@ -248,5 +248,10 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
         confirm, [v.doc_pick, team], [v.table, v.doc_pick, v.confirm_row], **private
     )
     v.cancel_btn.click(
-        lambda: gr.update(visible=False), None, [v.confirm_row], queue=False, **private
+        lambda: gr.update(visible=False),
+        None,
+        [v.confirm_row],
+        queue=False,
+        api_name="delete_cancel",
+        **private,
     )

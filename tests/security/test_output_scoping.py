@@ -358,10 +358,10 @@ HANDLERS: dict[str, Scenario] = {
     # Chat tab (a sales member)
     "chat_send": scenario_send("chat_send"),
     "chat_send_btn": scenario_send("chat_send_btn"),
-    "lambda": scenario_constant("lambda", "sales_member", []),  # Stop: the idle label
+    "chat_stop": scenario_constant("chat_stop", "sales_member", []),  # Stop: the idle label
     "conversation_open": scenario_open,
     "switch": scenario_switch,
-    "lambda_1": scenario_constant("lambda_1", "sales_member", []),  # New conversation
+    "conversation_new": scenario_constant("conversation_new", "sales_member", []),
     "rename": scenario_rename,
     "delete": scenario_delete,
     # Documents tab (a sales member reads, a sales editor changes)
@@ -369,18 +369,18 @@ HANDLERS: dict[str, Scenario] = {
     "do_upload": scenario_upload,
     "pick": scenario_pick,
     "confirm": scenario_confirm,
-    "lambda_2": scenario_constant("lambda_2", "sales_editor", []),  # Cancel the deletion
+    "delete_cancel": scenario_constant("delete_cancel", "sales_editor", []),
     # Audit tab
     "audit_query": scenario_audit("audit_query"),
-    "lambda_3": scenario_constant("lambda_3", "sales_editor", [None]),  # previous page number
-    "show": scenario_audit("show"),
-    "lambda_4": scenario_constant("lambda_4", "sales_editor", [None]),  # next page number
-    "show_1": scenario_audit("show_1"),
+    "audit_prev_page": scenario_constant("audit_prev_page", "sales_editor", [None]),
+    "audit_show_prev": scenario_audit("audit_show_prev"),
+    "audit_next_page": scenario_constant("audit_next_page", "sales_editor", [None]),
+    "audit_show_next": scenario_audit("audit_show_next"),
     "audit_export": scenario_audit("audit_export", with_page=False),
-    "show_2": scenario_audit("show_2"),
+    "audit_tab_open": scenario_audit("audit_tab_open"),
     # Admin tab
     "admin_overview": scenario_admin_view("admin_overview"),
-    "fill": scenario_admin_view("fill"),
+    "admin_tab_open": scenario_admin_view("admin_tab_open"),
     "admin_create_key": scenario_create_key,
     "admin_revoke_key": scenario_revoke_key,
 }
