@@ -277,7 +277,8 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
                 # parse them as markdown again, or escaped markdown would become live.
                 render_markdown=False,
                 feedback_options=None,
-                buttons=["copy"],
+                # No copy button: it copies a message's raw value, which is our HTML.
+                buttons=[],
                 placeholder="Ask a question about your team's documents.",
             )
             with gr.Row(elem_classes="tl-composer"):
