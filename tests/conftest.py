@@ -7,6 +7,8 @@ owned in one place.
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -23,3 +25,14 @@ pytest_plugins = [
     "tests.fixtures.app_server",
     "tests.fixtures.browser",
 ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last, in their collected order.
+
+    Playwright's sync API keeps an event loop running in the main thread from the first
+    browser test on (the `browser` fixture lives for the whole run); after that,
+    pytest-asyncio cannot run any coroutine test ("Runner.run() cannot be called from a
+    running event loop"). So no coroutine test may come after a browser test.
+    """
+    items.sort(key=lambda item: "new_context" in getattr(item, "fixturenames", ()))

@@ -302,28 +302,33 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
 def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Handlers close over `services`; everything user-related is re-read from the request.
     # This page's answers in flight, by Gradio session (bound to one principal by the guard).
-    running: dict[str, AsyncGenerator[tuple[Any, ...], None]] = {}
+    running: dict[str, tuple[AsyncGenerator[tuple[Any, ...], None], asyncio.Event]] = {}
 
     async def send(message: str, team_id: str | None, cid: str | None, request: gr.Request):
         # aclosing: closing this generator (Stop) closes the chat turn's at once, not at GC.
-        key = request.session_hash or ""
+        key = getattr(request, "session_hash", None) or ""  # None: called outside Gradio
+        stopped = asyncio.Event()
         async with aclosing(send_message(services, message, team_id, cid, request)) as updates:
-            running[key] = updates
+            running[key] = (updates, stopped)
             try:
                 async for update in updates:
+                    if stopped.is_set():
+                        break  # leaving the block closes the answer: engine abort, audit row
                     yield update
             finally:
-                if running.get(key) is updates:
+                if running.get(key, (None,))[0] is updates:
                     del running[key]
 
     async def stop(request: gr.Request):
         # Gradio's cancel only reaches our generators when it lands inside them; landing
         # between two updates it drops them, and the engine request would run on until the
-        # garbage collector closes them. So Stop closes this session's answer itself: that
-        # aborts the engine request and writes the `cancelled` row now.
-        updates = running.pop(request.session_hash or "", None)
-        if updates is not None:
-            with contextlib.suppress(RuntimeError):  # mid-step: the cancel lands inside it
+        # garbage collector closes them. So Stop ends this session's answer itself: closed
+        # at once if it waits between two updates, else at its next update.
+        answer = running.pop(request.session_hash or "", None)
+        if answer is not None:
+            updates, stopped = answer
+            stopped.set()
+            with contextlib.suppress(RuntimeError):  # running: it stops at its next update
                 await updates.aclose()
         return gr.update(label=IDLE_LABEL)
 
