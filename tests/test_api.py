@@ -24,7 +24,6 @@ from tests.test_auth_oidc import _password_less_token
 pytestmark = pytest.mark.engine
 
 DEMO = REPO / "assets" / "demo_docs"
-SALES_FILES = {p.name for p in (DEMO / "sales").iterdir()}
 FINANCE_FILES = {p.name for p in (DEMO / "finance").iterdir()}
 QUESTION = [{"role": "user", "content": "What discount do annual contracts get?"}]
 
@@ -54,8 +53,8 @@ def client(app_server: Any, key: str) -> OpenAI:
     return OpenAI(base_url=f"{app_server.base_url}/v1", api_key=key, max_retries=0, timeout=600)
 
 
-def finance_document_ids(app_server: Any) -> set[str]:
-    """Ids of the finance tenant's documents in the running app (its document registry)."""
+def document_ids(app_server: Any, tenant_id: str) -> set[str]:
+    """Ids of one tenant's documents in the running app (its document registry)."""
     from sqlalchemy import select
 
     from core.db import session_scope
@@ -63,10 +62,15 @@ def finance_document_ids(app_server: Any) -> set[str]:
 
     url = app_settings(app_server).resolved_database_url
     with session_scope(url) as session:
-        query = select(DocumentRow.id).where(DocumentRow.tenant_id == "finance")
+        query = select(DocumentRow.id).where(DocumentRow.tenant_id == tenant_id)
         ids = set(session.scalars(query))
-    assert ids, "the demo finance documents should be ingested"
+    assert ids, f"the demo {tenant_id} documents should be ingested"
     return ids
+
+
+def finance_document_ids(app_server: Any) -> set[str]:
+    """Ids of the finance tenant's documents in the running app."""
+    return document_ids(app_server, "finance")
 
 
 def audit_event(app_server: Any, request_id: str) -> Any:
@@ -111,7 +115,7 @@ def test_completion_has_answer_usage_sources_and_audit(app_server: Any, keys: di
         assert usage.completion_tokens == 32
     extension = reply.model_extra["tenantllm"]
     sources = extension["sources"]
-    assert sources and {s["filename"] for s in sources} <= SALES_FILES
+    assert sources and {s["document_id"] for s in sources} <= document_ids(app_server, "sales")
     event = audit_event(app_server, extension["request_id"])
     assert (event.action, event.outcome, event.tenant_id) == ("api_chat", "ok", "sales")
     assert event.user_sub == f"key:{keys['sales_id']}"
@@ -131,7 +135,7 @@ def test_streaming_completion(app_server: Any, keys: dict) -> None:
     first, usage_chunk = chunks[0], chunks[-1]
     assert first.choices[0].delta.role == "assistant"
     sources = first.model_extra["tenantllm"]["sources"]
-    assert sources and {s["filename"] for s in sources} <= SALES_FILES
+    assert sources and {s["document_id"] for s in sources} <= document_ids(app_server, "sales")
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1 and finals[0].model_extra["tenantllm"]["sources"] == sources
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -255,7 +259,8 @@ def test_sales_key_never_gets_finance_sources(app_server: Any, keys: dict) -> No
                     continue
                 answered += 1
                 sources = reply.model_extra["tenantllm"]["sources"]
-                assert {s["filename"] for s in sources} <= SALES_FILES
+                # Other tests of this run upload sales documents too: read the registry now.
+                assert {s["document_id"] for s in sources} <= document_ids(app_server, "sales")
                 assert not {s["document_id"] for s in sources} & finance_ids
                 assert not {s["filename"] for s in sources} & FINANCE_FILES
     assert answered == len(FINANCE_QUESTIONS) * 2 * 2  # no extra, and the harmless `user`
