@@ -1,6 +1,6 @@
 """Errors whose message is meant for the user.
 
-The domain raises these; only the HTTP layer (core/api.py, app.py) and the UI (core/ui/)
+The domain raises these; only the HTTP layer (core/api/routes.py, app.py) and the UI (core/ui/)
 turn them into responses. `status` is the HTTP status the API answers with, `code` a stable
 machine-readable code (OpenAI error shape), `str(err)` the message a person reads.
 Anything else that escapes is a bug: it is logged with its traceback and shown as a generic

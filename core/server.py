@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from core import parsing
-from core.api_errors import error_response
+from core.api.errors import error_response
 from core.config import Settings
 from core.errors import TenantLLMError
 from core.security_headers import install_security_headers
@@ -93,7 +93,7 @@ def _add_health_routes(app: FastAPI, services: Services, state: EngineState) -> 
 def _add_error_handler(app: FastAPI) -> None:
     @app.exception_handler(TenantLLMError)
     async def user_error(request: Request, exc: TenantLLMError) -> Response:
-        return error_response(exc)  # the one OpenAI error body (core/api_errors.py)
+        return error_response(exc)  # the one OpenAI error body (core/api/errors.py)
 
 
 def _add_login_redirect(app: FastAPI) -> None:
@@ -127,9 +127,9 @@ def _add_login_redirect(app: FastAPI) -> None:
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """Build the whole web application for `settings`."""
-    from core.api import router as api_router
-    from core.api_body import BodyLimit
-    from core.api_errors import fallback_router as api_fallback_router
+    from core.api.body import BodyLimit
+    from core.api.errors import fallback_router as api_fallback_router
+    from core.api.routes import router as api_router
     from core.auth import install_auth
     from core.ui import mount_ui
 

@@ -447,7 +447,7 @@ API_ROUTES: dict[tuple[str, str], Scenario] = {
 
 
 def test_every_api_route_has_a_scenario() -> None:
-    from core.api import router
+    from core.api.routes import router
 
     routes = {(m, r.path) for r in router.routes for m in getattr(r, "methods", None) or ()}
     routes -= {("HEAD", path) for _, path in routes}  # Starlette's automatic HEAD for GET

@@ -20,7 +20,7 @@ from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.api_errors import error_response
+from core.api.errors import error_response
 from core.audit import Outcome
 from core.errors import (
     NotAuthenticated,

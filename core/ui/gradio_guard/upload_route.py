@@ -19,7 +19,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from core.api_errors import error_response
+from core.api.errors import error_response
 from core.audit import Outcome
 from core.errors import FileTooLarge, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal

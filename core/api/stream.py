@@ -20,8 +20,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from core.api_errors import INTERNAL_ERROR, error_body
-from core.api_schemas import ChatCompletion, ChatCompletionChunk, SourceOut, TenantLLMExtension
+from core.api.errors import INTERNAL_ERROR, error_body
+from core.api.schemas import ChatCompletion, ChatCompletionChunk, SourceOut, TenantLLMExtension
 from core.chat import ChatTurn
 from core.engine import GenerationChunk
 from core.errors import TenantLLMError

@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.api_errors import error_response
+from core.api.errors import error_response
 from core.errors import RequestTooLarge
 
 

@@ -4,7 +4,7 @@ A model is a tenant (`model` = tenant id). The credential is `Authorization: Bea
 API key (`tlm_...`) or an OIDC access token; the principal it names decides which tenants may
 be used, never a field of the request. Every completion is the same chat turn as the UI's
 (`core.chat`), audited with action `api_chat`. Retrieval sources travel in the extension field
-`tenantllm` (see core/api_schemas.py). Errors use the OpenAI shape (core/api_errors.py).
+`tenantllm` (see core/api/schemas.py). Errors use the OpenAI shape (core/api/errors.py).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from core.api_errors import OpenAIRoute, audit_refusal
-from core.api_schemas import (
+from core.api.errors import OpenAIRoute, audit_refusal
+from core.api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     ErrorResponse,
     ModelInfo,
     ModelList,
 )
-from core.api_stream import (
+from core.api.stream import (
     ClosingStreamingResponse,
     collect_unless_disconnected,
     completion,
