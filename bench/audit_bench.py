@@ -25,7 +25,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.audit import AuditEvent, Auditor
+from core.audit.auditor import AuditEvent, Auditor
 from core.config import Settings
 from core.db import dispose_engines, upgrade_database
 

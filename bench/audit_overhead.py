@@ -30,7 +30,7 @@ BATCH = 500  # the writer's batch size (core/audit_writer.BATCH_SIZE)
 
 
 def _event(i: int) -> Any:
-    from core.audit import AuditEvent
+    from core.audit.auditor import AuditEvent
 
     return AuditEvent(
         action="api_chat",
@@ -88,7 +88,7 @@ def _deque_floor(n: int) -> list[float]:
 
 def _ours(url: str, data_dir: Path, n: int) -> dict[str, Any]:
     """Record n events (timing each call), then wait for the writer to store them all."""
-    from core.audit import Auditor
+    from core.audit.auditor import Auditor
     from core.config import Settings
     from core.db import upgrade_database
 
@@ -113,8 +113,8 @@ def _ours(url: str, data_dir: Path, n: int) -> dict[str, Any]:
 
 
 def _raw_rows(n: int) -> list[dict[str, Any]]:
-    from core.audit import to_payload
-    from core.audit_chain import GENESIS_HASH, payload_to_row
+    from core.audit.auditor import to_payload
+    from core.audit.chain import GENESIS_HASH, payload_to_row
 
     rows, prev = [], GENESIS_HASH
     for i in range(n):
@@ -126,7 +126,7 @@ def _raw_rows(n: int) -> list[dict[str, Any]]:
 
 def _raw_insert(url: str, n: int) -> float:
     """Rows/s of a bare batched insert of ready rows (500 per transaction)."""
-    from core.audit_models import AuditEventRow
+    from core.audit.models import AuditEventRow
     from core.db import upgrade_database
 
     upgrade_database(url)

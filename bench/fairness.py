@@ -30,7 +30,7 @@ FLOOD, QUIET = "flood", "quiet"
 
 
 def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
-    from core.audit import Auditor
+    from core.audit.auditor import Auditor
     from core.db import upgrade_database
     from core.group_mapping import GroupMapping
     from core.knowledge import KnowledgeService

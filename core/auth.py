@@ -16,7 +16,7 @@
 - `TrustedHostMiddleware` (Settings.allowed_hosts), CORS for `Settings.cors_origins` only and
   cross-origin protection for state-changing requests (core/cross_site.py), the rate limiter
   (core/limits.py), and the refusal log that audits refused bearer credentials
-  (core/refusals.py);
+  (core/audit/refusals.py);
 - SIGHUP re-reads the group mapping.
 Sign-ins (ok and refused), sign-outs and ended sessions are audited here.
 """
@@ -36,7 +36,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
+from core.audit.refusals import RefusalLog
 from core.bearer import (
     AuthRuntime,
     IdentityProvider,
@@ -50,7 +51,6 @@ from core.bearer import (
 from core.cross_site import install_cross_site
 from core.identity import Principal
 from core.limits import install_rate_limits
-from core.refusals import RefusalLog
 from core.sessions import (
     SessionRecord,
     csrf_token,

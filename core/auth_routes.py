@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from joserfc.errors import JoseError
 from slowapi.util import get_remote_address
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
 from core.bearer import AuthRuntime, groups_from_claims
 from core.config import Settings
 from core.sessions import (

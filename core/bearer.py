@@ -13,7 +13,7 @@
   cached for at most 60 s (so a revoked token stops working within a minute), a refusal for
   the same time (a repeated bad token costs the IdP one call).
 Anything else, revoked or expired raises `NotAuthenticated`; each refusal is audited through
-core/refusals.py (client address and user agent; a flood becomes a few rows a minute).
+core/audit/refusals.py (client address and user agent; a flood becomes a few rows a minute).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from core.apikeys import KEY_PREFIX, principal_for_key, verify_key
+from core.audit.refusals import Refusal, RefusalLog
 from core.errors import NotAuthenticated
 from core.identity import Principal
-from core.refusals import Refusal, RefusalLog
 from core.token_kinds import id_token_reason, unverified_parts
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
 from core.chat_prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.engine import GenerationChunk, GenerationParams
 from core.errors import (

@@ -165,7 +165,7 @@ class Limits:
 def install_rate_limits(app: FastAPI, services: Services) -> None:
     """Attach the limiter to `app`; 429 answers carry Retry-After and are audited."""
     from core.api.errors import error_response
-    from core.audit import AuditEvent
+    from core.audit.auditor import AuditEvent
 
     app.state.limiter = services.limits.limiter
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.audit import Auditor
+from core.audit.auditor import Auditor
 from core.config import Settings
 from core.db import upgrade_database
 from core.engine import Engine, create_engine

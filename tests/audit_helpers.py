@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import text
 
-from core.audit import AuditEvent, Auditor
+from core.audit.auditor import AuditEvent, Auditor
 from core.config import Settings
 from core.db import dispose_engines, get_engine, upgrade_database
 
@@ -107,7 +107,7 @@ def run_writer_process(data_dir: Path, url: str, count: int, label: str) -> subp
     code = (
         "import sys\n"
         "from core.config import Settings\n"
-        "from core.audit import Auditor, AuditEvent\n"
+        "from core.audit.auditor import Auditor, AuditEvent\n"
         f"a = Auditor(Settings(data_dir={str(data_dir)!r}, database_url={url!r},"
         " audit_flush_interval_ms=10))\n"
         f"for i in range({count}):\n"
@@ -193,8 +193,8 @@ async def refused_http_burst(settings: Settings, total: int) -> Auditor:
 def racing_appends(url: str, writers: int = 4, batches: int = 60) -> list[str]:
     """Several writers appending batches to one chain at once (as separate app processes
     would); returns the errors they met. Without the chain lock they collide on `seq`."""
-    from core.audit import to_payload
-    from core.audit_writer import append_batch
+    from core.audit.auditor import to_payload
+    from core.audit.writer import append_batch
 
     errors: list[str] = []
     barrier = threading.Barrier(writers)

@@ -77,7 +77,7 @@ def audit_event(app_server: Any, request_id: str) -> Any:
     """The app's audit row for `request_id` (polled: the writer batches in the background)."""
     from sqlalchemy import select
 
-    from core.audit_models import AuditEventRow
+    from core.audit.models import AuditEventRow
     from core.db import session_scope
 
     url = app_settings(app_server).resolved_database_url

@@ -117,7 +117,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_create_list_revoke_is_audited(tmp_path: Path) -> None:
-    from core.audit import AuditFilters, Auditor
+    from core.audit.auditor import AuditFilters, Auditor
     from core.config import Settings
 
     env = {**os.environ, "TENANTLLM_DATA_DIR": str(tmp_path)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.audit import AuditEvent, AuditFilters, Auditor
+from core.audit.auditor import AuditEvent, AuditFilters, Auditor
 from core.cli import main
 from core.db import upgrade_database
 from tests.audit_helpers import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.audit import AuditFilters, Auditor
+from core.audit.auditor import AuditFilters, Auditor
 from tests.audit_helpers import (
     PG_ADMIN,
     Load,

@@ -6,8 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from core.audit import AuditEvent, Auditor, to_payload
-from core.audit_spool import Spool
+from core.audit.auditor import AuditEvent, Auditor, to_payload
+from core.audit.spool import Spool
 from tests.audit_helpers import Load, event, scalar, settings_for, sqlite_url, wait_for
 
 
@@ -71,7 +71,7 @@ def test_orphan_spool_replayed_once_with_torn_line_and_duplicate(tmp_path: Path)
     stored = to_payload(event(1), keep_prompt_text=False)
     payloads = [stored] + [to_payload(event(n), keep_prompt_text=False) for n in range(2, 12)]
     # The first event already reached the database before the process died.
-    from core.audit_writer import append_batch
+    from core.audit.writer import append_batch
 
     assert append_batch(url, [stored]) == 1
     spool_dir = tmp_path / "audit-spool"

@@ -50,7 +50,7 @@ def audit_events(services: Any, request_id: str | None = None) -> list[Any]:
     """Audit rows written so far (flushed first), optionally of one request, oldest first."""
     from sqlalchemy import select
 
-    from core.audit_models import AuditEventRow
+    from core.audit.models import AuditEventRow
     from core.db import session_scope
 
     services.auditor.flush()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core.audit_query import AuditFilters
+from core.audit.query import AuditFilters
 from tests.fixtures.browser import PHONE, screenshot, sign_in
 from tests.ui_helpers import app_db_url, make_user, wait_for_audit
 

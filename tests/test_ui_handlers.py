@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from core.audit_query import AuditFilters
+from core.audit.query import AuditFilters
 from tests.ui_helpers import (
     app_db_url,
     gradio_call,

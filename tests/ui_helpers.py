@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from core.audit_query import AuditFilters, AuditRecord, query
+from core.audit.query import AuditFilters, AuditRecord, query
 
 
 def make_user(issuer: str, groups: list[str], prefix: str = "ui") -> str:

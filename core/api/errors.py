@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
 from core.errors import (
     InvalidRequest,
     MethodNotAllowed,

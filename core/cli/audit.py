@@ -20,8 +20,8 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import audit_query
-from core.audit import AuditEvent, AuditFilters, Auditor
+from core.audit import query as audit_query
+from core.audit.auditor import AuditEvent, AuditFilters, Auditor
 from core.cli.base import main, user_errors
 from core.config import load_settings
 from core.db import upgrade_database

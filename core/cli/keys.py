@@ -11,7 +11,7 @@ import json
 import click
 
 from core import apikeys
-from core.audit import AuditEvent, Auditor
+from core.audit.auditor import AuditEvent, Auditor
 from core.cli.base import main, user_errors
 from core.config import Settings, get_settings
 from core.db import upgrade_database

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from core.audit import AuditEvent, Auditor
+from core.audit.auditor import AuditEvent, Auditor
 from core.cli.base import main, user_errors
 from core.config import Settings, load_settings
 from core.db import upgrade_database

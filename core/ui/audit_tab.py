@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.audit_query import AuditFilters, AuditRecord, Bucket
+from core.audit.query import AuditFilters, AuditRecord, Bucket
 from core.errors import InvalidRequest
 from core.services import Services
 from core.ui.session import check, principal_of, record_ok, shown_as_error

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
 from core.errors import NotAuthenticated, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal
 from core.rbac import Action, authorize

@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 
 from core.apikeys import create_key
-from core.audit_query import AuditFilters
+from core.audit.query import AuditFilters
 from core.config import Settings
 from tests.ui_helpers import app_db_url, wait_for_audit
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from core.audit_query import AuditFilters, AuditRecord, query
+from core.audit.query import AuditFilters, AuditRecord, query
 from tests.fixtures.oidc import code_flow_tokens
 from tests.ui_helpers import app_db_url, make_user
 
@@ -93,7 +93,7 @@ def test_flood_of_bad_keys_costs_a_few_rows_and_stays_visible(app_server: Any) -
 
 
 def test_refusal_log_windows_per_address_and_action() -> None:
-    from core.refusals import IMMEDIATE_ROWS, Refusal, RefusalLog
+    from core.audit.refusals import IMMEDIATE_ROWS, Refusal, RefusalLog
     from tests.fixtures.oidc import RecordingAuditor
 
     sink, now = RecordingAuditor(), [1000.0]

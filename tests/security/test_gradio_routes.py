@@ -24,7 +24,7 @@ import httpx
 import pytest
 from starlette.routing import BaseRoute, Match, Mount
 
-from core.audit_query import AuditFilters
+from core.audit.query import AuditFilters
 from tests.ui_helpers import (
     app_db_url,
     fn_index,

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from core.audit_query import AuditFilters
+from core.audit.query import AuditFilters
 from core.config import Settings
 from core.db import session_scope
 from core.documents import DocumentRow, utcnow

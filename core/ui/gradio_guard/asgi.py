@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.errors import error_response
-from core.audit import Outcome
+from core.audit.auditor import Outcome
 from core.errors import (
     NotAuthenticated,
     NotFound,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import Scope
 
-from core.audit import AuditEvent, Outcome
+from core.audit.auditor import AuditEvent, Outcome
 from core.errors import TenantLLMError
 from core.identity import Principal
 from core.services import Services

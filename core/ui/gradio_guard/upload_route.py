@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from core.api.errors import error_response
-from core.audit import Outcome
+from core.audit.auditor import Outcome
 from core.errors import FileTooLarge, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal
 from core.rbac import is_allowed

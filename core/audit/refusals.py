@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.audit import AuditEvent
+from core.audit.auditor import AuditEvent
 
 IMMEDIATE_ROWS = 5  # refusals per address and window written one by one, with their reason
 MAX_SOURCES = 10_000  # addresses tracked at once; beyond that, windows are closed early
@@ -29,7 +29,7 @@ SWEEP_SECONDS = 1.0
 
 
 class EventSink(Protocol):
-    """What records audit events (core.audit.Auditor, or a test's recorder)."""
+    """What records audit events (core.audit.auditor.Auditor, or a test's recorder)."""
 
     def record(self, event: AuditEvent) -> None:
         """Queue one event."""

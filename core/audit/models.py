@@ -31,7 +31,7 @@ LIMITS = {
 
 
 class AuditEventRow(Base):
-    """One audit event as stored (see core/audit_chain.py for how `hash` is computed)."""
+    """One audit event as stored (see core/audit/chain.py for how `hash` is computed)."""
 
     __tablename__ = "audit_events"
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

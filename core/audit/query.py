@@ -17,7 +17,7 @@ from typing import IO, Any, Literal, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.engine import Connection
 
-from core.audit_models import AuditEventRow
+from core.audit.models import AuditEventRow
 from core.db import get_engine
 from core.errors import InvalidRequest
 

@@ -22,9 +22,9 @@ from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
-from core.audit_chain import GENESIS_HASH, payload_to_row
-from core.audit_models import AuditEventRow
-from core.audit_spool import Spool
+from core.audit.chain import GENESIS_HASH, payload_to_row
+from core.audit.models import AuditEventRow
+from core.audit.spool import Spool
 from core.db import get_engine
 
 log = logging.getLogger(__name__)

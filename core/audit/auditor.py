@@ -2,9 +2,9 @@
 
 `Auditor.record(event)` is all request code calls: it snapshots the event into a plain dict
 (event id, UTC time, fields truncated to their columns) and appends it to the writer's queue,
-so it neither blocks nor raises. The writer (core/audit_writer.py) stores batches in the
-chain, or in the local spool while the database is down. Reading: core/audit_query.py
-(dashboard, CLI), verification: core/audit_chain.py.
+so it neither blocks nor raises. The writer (core/audit/writer.py) stores batches in the
+chain, or in the local spool while the database is down. Reading: core/audit/query.py
+(dashboard, CLI), verification: core/audit/chain.py.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from core import audit_query
-from core.audit_chain import ChainChecker, ChainReport, format_time
-from core.audit_models import LIMITS, AuditEventRow
-from core.audit_query import (
+from core.audit import query as audit_query
+from core.audit.chain import ChainChecker, ChainReport, format_time
+from core.audit.models import LIMITS, AuditEventRow
+from core.audit.query import (
     AuditFilters,
     AuditPage,
     OutcomeCount,
     TenantTokens,
     TimeBucketCount,
 )
-from core.audit_spool import Spool
-from core.audit_writer import AuditWriter
+from core.audit.spool import Spool
+from core.audit.writer import AuditWriter
 from core.config import Settings
 from core.db import get_engine
 
