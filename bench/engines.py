@@ -176,7 +176,7 @@ class AppProcess:
     """`python -m bench.engines serve` on a scratch data dir, with an API key for `bench`."""
 
     def __init__(self, work: Path, model_dir: Path, extra_env: dict[str, str] | None = None):
-        from core.apikeys import create_key
+        from core.auth.apikeys import create_key
         from core.config import Settings
         from core.db import upgrade_database
 

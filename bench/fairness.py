@@ -31,8 +31,8 @@ FLOOD, QUIET = "flood", "quiet"
 
 def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
     from core.audit.auditor import Auditor
+    from core.auth.group_mapping import GroupMapping
     from core.db import upgrade_database
-    from core.group_mapping import GroupMapping
     from core.knowledge import KnowledgeService
     from core.limits import Limits
     from core.services import Services

@@ -1,6 +1,6 @@
 """Who is calling: the `Principal` every entry point works with, and the role names.
 
-A principal is built by core/auth.py (browser session, OIDC access token, API key) or by
+A principal is built by core/auth/principal.py (browser session, OIDC access token, API key) or by
 core/rbac.py (`operator_principal`, the CLI). It is never built from a value the client sent.
 """
 
@@ -38,7 +38,7 @@ class Principal:
     def tenants(self) -> list[str]:
         """Tenants this principal may chat with (sorted).
 
-        Sessions of admins carry a role on every registered tenant (core/auth.py), so this
+        Sessions of admins carry a role on every registered tenant (core/auth/principal.py), so this
         list is complete for them too.
         """
         return sorted(self.tenant_roles)

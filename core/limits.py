@@ -49,7 +49,7 @@ def principal_key(request: Request) -> str:
     """slowapi key: the authenticated principal; the peer address only when there is none."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
-        from core.auth import principal_from_request
+        from core.auth.principal import principal_from_request
 
         principal = principal_from_request(request)
     if isinstance(principal, Principal):
@@ -187,7 +187,7 @@ def install_rate_limits(app: FastAPI, services: Services) -> None:
 def _refusal_event(event_cls: Any, request: Request, detail: str) -> Any:
     principal = getattr(request.state, "principal", None)
     if principal is None:
-        from core.auth import principal_from_request
+        from core.auth.principal import principal_from_request
 
         principal = principal_from_request(request)
     return event_cls(

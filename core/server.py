@@ -97,7 +97,7 @@ def _add_error_handler(app: FastAPI) -> None:
 
 
 def _add_login_redirect(app: FastAPI) -> None:
-    from core.auth import principal_from_request, wants_html
+    from core.auth.principal import principal_from_request, wants_html
 
     open_paths = (
         "/login",
@@ -130,7 +130,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     from core.api.body import BodyLimit
     from core.api.errors import fallback_router as api_fallback_router
     from core.api.routes import router as api_router
-    from core.auth import install_auth
+    from core.auth.principal import install_auth
     from core.ui import mount_ui
 
     services = services or build_services(settings, with_engine=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.audit.auditor import Auditor
+from core.auth.group_mapping import GroupMapping
 from core.config import Settings
 from core.db import upgrade_database
 from core.engine import Engine, create_engine
-from core.group_mapping import GroupMapping
 from core.knowledge import KnowledgeService
 from core.limits import Limits
 from core.plugins import load_tenants

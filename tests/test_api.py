@@ -1,7 +1,7 @@
 """The OpenAI-compatible API with the official `openai` client against the running app.
 
 The app is the real one (`app_server`: a subprocess with the real engine, the demo documents
-and the demo IdP). Keys are created with core.apikeys on the app's own database.
+and the demo IdP). Keys are created with core.auth.apikeys on the app's own database.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from core.apikeys import create_key, revoke_key
+from core.auth.apikeys import create_key, revoke_key
 from core.config import Settings
 from tests.fixtures.common import REPO
 from tests.test_auth_oidc import _password_less_token

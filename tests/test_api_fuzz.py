@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from core.apikeys import create_key
+from core.auth.apikeys import create_key
 from core.config import Settings
 
 ERROR_KEYS = {"message", "type", "code"}

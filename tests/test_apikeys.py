@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text, update
 
-from core import apikeys
+from core.auth import apikeys
+from core.auth.sessions import utcnow
 from core.db import session_scope
 from core.errors import InvalidRequest, NotAuthenticated, NotFound
-from core.sessions import utcnow
 from tests.fixtures.common import REPO
 from tests.fixtures.oidc import app_client, build_auth_app, make_auth_settings
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from joserfc.jwk import RSAKey
 
+from core.auth.sessions import AuthSessionRow
 from core.db import session_scope
-from core.sessions import AuthSessionRow
 from tests.fixtures.oidc import (
     FakeIdP,
     _authorize_at_idp,

@@ -174,7 +174,7 @@ async def test_jwt_access_tokens(tmp_path: Path, fake_idp) -> None:
 def test_wants_html_tells_browsers_from_programs() -> None:
     from starlette.requests import Request
 
-    from core.auth import wants_html
+    from core.auth.principal import wants_html
 
     def request(path: str, accept: str) -> Request:
         headers = [(b"accept", accept.encode())]
@@ -189,7 +189,7 @@ def test_wants_html_tells_browsers_from_programs() -> None:
 
 
 def test_next_after_sign_in_is_local_only() -> None:
-    from core.auth import safe_next
+    from core.auth.principal import safe_next
 
     assert safe_next("/documents?x=1") == "/documents?x=1"
     for bad in (None, "", "https://evil.example/", "//evil.example", "/\\evil.example", "x"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import apikeys
+from core.auth import apikeys
 from core.errors import PermissionDenied
 from core.identity import Principal
 from core.rbac import ACTIONS, authorize, operator_principal
@@ -111,8 +111,8 @@ async def test_api_keys_through_bearer(tmp_path: Path, oidc_issuer: str) -> None
 
 
 def _mapping(tmp_path: Path, body: str):
+    from core.auth.group_mapping import GroupMapping
     from core.config import Settings
-    from core.group_mapping import GroupMapping
 
     path = tmp_path / "mapping.yaml"
     path.write_text(body)
@@ -120,8 +120,8 @@ def _mapping(tmp_path: Path, body: str):
 
 
 def test_default_mapping_and_strongest_role(tmp_path: Path) -> None:
+    from core.auth.group_mapping import GroupMapping
     from core.config import Settings
-    from core.group_mapping import GroupMapping
 
     mapping = GroupMapping(Settings(data_dir=tmp_path))  # assets/group_mapping.yaml
     assert mapping.resolve(["sales", "sales-editors", "auditors", "made-up"]) == (

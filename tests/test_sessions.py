@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import update
 
+from core.auth.demo_idp import DEMO_USERS
+from core.auth.sessions import AuthSessionRow, session_id_of, sessions_of, utcnow
 from core.db import session_scope
-from core.demo_idp import DEMO_USERS
-from core.sessions import AuthSessionRow, session_id_of, sessions_of, utcnow
 from tests.fixtures.oidc import app_client, build_auth_app, login, make_auth_settings, set_idp_user
 
 
@@ -116,7 +116,7 @@ async def test_revoked_at_idp_ends_the_session(tmp_path: Path, oidc_issuer: str)
 async def test_unreachable_idp_keeps_groups_for_one_more_interval(
     tmp_path: Path, oidc_issuer: str
 ) -> None:
-    from core.bearer import IdentityProvider
+    from core.auth.bearer import IdentityProvider
 
     settings = make_auth_settings(tmp_path, oidc_issuer, groups_refresh_seconds=5)
     app, _ = build_auth_app(settings)

@@ -133,7 +133,7 @@ def audit_refusal(request: Request, err: TenantLLMError, tenant_id: str | None =
 class OpenAIRoute(APIRoute):
     """A route whose failures are answered in the OpenAI error shape.
 
-    Invalid bodies are audited here; a refused bearer credential is audited by core.bearer,
+    Invalid bodies are audited here; a refused bearer credential is audited by core.auth.bearer,
     a missing one by `current_principal`, the chat turn audits its own refusals and outcomes.
     """
 

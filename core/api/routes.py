@@ -32,8 +32,8 @@ from core.api.stream import (
     first_chunk,
     sse_events,
 )
-from core.auth import principal_from_bearer
-from core.bearer import record_refusal
+from core.auth.bearer import record_refusal
+from core.auth.principal import principal_from_bearer
 from core.chat import ChatRequest, start_chat_turn
 from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
 from core.identity import Principal

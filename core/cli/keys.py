@@ -10,8 +10,8 @@ import json
 
 import click
 
-from core import apikeys
 from core.audit.auditor import AuditEvent, Auditor
+from core.auth import apikeys
 from core.cli.base import main, user_errors
 from core.config import Settings, get_settings
 from core.db import upgrade_database

@@ -19,7 +19,7 @@ def identity_provider(settings: Settings) -> Iterator[Settings]:
     if settings.oidc_issuer:
         yield settings
         return
-    from core.demo_idp import DEMO_USERS, start_demo_idp
+    from core.auth.demo_idp import DEMO_USERS, start_demo_idp
 
     with start_demo_idp(settings.demo_idp_port) as issuer:
         click.echo(f"Demo identity provider (for trying out only): {issuer}")

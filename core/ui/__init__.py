@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI, Request
 
-from core.auth import logout_token_of
+from core.auth.principal import logout_token_of
 from core.services import Services
 from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
@@ -97,7 +97,7 @@ def build_blocks(services: Services) -> gr.Blocks:
 
 
 def _session_user(services: Services):
-    from core.auth import principal_from_request
+    from core.auth.principal import principal_from_request
 
     def current_user(request: Request) -> str | None:
         # Sync and cheap: runs on every Gradio route (STACK_NOTES 1.2); None means 401.

@@ -2,7 +2,7 @@
 
 Hidden for everyone else (visibility set per session at page load); every handler authorizes
 again (`view_admin`, `manage_keys`). A new key's secret is shown once, in this session's
-textbox only, and never stored in plain text (core/apikeys.py keeps a hash).
+textbox only, and never stored in plain text (core/auth/apikeys.py keeps a hash).
 
 Outputs are scoped like actions: the key list any handler returns is read for the caller
 (`apikeys.visible_keys`), so an editor of sales who creates or revokes a sales key gets the
@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core import apikeys
+from core.auth import apikeys
 from core.errors import InvalidRequest
 from core.identity import Principal
 from core.services import Services

@@ -1,6 +1,6 @@
 """The page header: logo, who is signed in, their teams and roles, and the sign-out button.
 
-Sign-out is a POST form carrying the session's CSRF token (core/auth_routes.py): a plain
+Sign-out is a POST form carrying the session's CSRF token (core/auth/routes.py): a plain
 `<a href="/logout">` would let any site sign people out with a link or an image.
 """
 
@@ -45,7 +45,7 @@ def signout_form(logout_token: str) -> str:
 def identity_html(services: Services, principal: Principal, logout_token: str = "") -> str:
     """Signed-in user, teams with roles, global roles, and the sign-out form (all escaped).
 
-    `logout_token` is `core.auth.logout_token_of(request)` of the page's request.
+    `logout_token` is `core.auth.principal.logout_token_of(request)` of the page's request.
     """
     name = html.escape(principal.email or principal.subject)
     names = {t.id: t.display_name for t in services.tenants.all()}

@@ -29,7 +29,7 @@ GENERIC_ERROR = "Something went wrong on our side. It has been logged; please tr
 
 def principal_of(request: gr.Request | None) -> Principal:
     """The signed-in principal of this request (never a value the page sent)."""
-    from core.auth import principal_from_request
+    from core.auth.principal import principal_from_request
 
     raw = getattr(request, "request", None) if request is not None else None
     principal = principal_from_request(raw) if raw is not None else None

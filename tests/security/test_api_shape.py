@@ -17,8 +17,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from core.apikeys import create_key
 from core.audit.query import AuditFilters
+from core.auth.apikeys import create_key
 from core.config import Settings
 from tests.ui_helpers import app_db_url, wait_for_audit
 

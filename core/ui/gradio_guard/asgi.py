@@ -224,7 +224,7 @@ class GradioGuard:
 
 
 def _principal(scope: Scope) -> Principal | None:
-    from core.auth import principal_from_request
+    from core.auth.principal import principal_from_request
 
     return principal_from_request(Request(scope))
 

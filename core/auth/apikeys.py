@@ -24,12 +24,12 @@ from typing import cast
 from sqlalchemy import DateTime, Select, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.auth.sessions import aware, utcnow
 from core.config import Settings
 from core.db import Base, session_scope
 from core.errors import InvalidRequest, NotAuthenticated, NotFound
 from core.identity import TENANT_ROLES, Principal, Role
 from core.rbac import is_allowed
-from core.sessions import aware, utcnow
 
 KEY_PREFIX = "tlm_"
 _KEY_RE = re.compile(r"^tlm_([a-f0-9]{12})_[A-Za-z0-9_-]{43}$")

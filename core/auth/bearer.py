@@ -1,9 +1,9 @@
 """The IdP outside the browser flow, and `Authorization: Bearer` credentials.
 
 `principal_from_bearer(token)` accepts:
-- an API key `tlm_...` (core/apikeys.py): the principal of that key's tenant and role;
+- an API key `tlm_...` (core/auth/apikeys.py): the principal of that key's tenant and role;
 - an OIDC access token. A JWT that looks like an ID token is refused first, whatever its
-  audience (core/token_kinds.py: ID tokens are meant for the client, leak through browsers
+  audience (core/auth/token_kinds.py: ID tokens are meant for the client, leak through browsers
   and cannot be revoked). With `Settings.oidc_audience` set, a JWT is verified here:
   signature against the IdP's JWKS (one refetch on an unknown `kid`, for key rotation),
   `iss`, `aud` (that audience; there is no default, because the client id is the audience of
@@ -32,11 +32,11 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
-from core.apikeys import KEY_PREFIX, principal_for_key, verify_key
 from core.audit.refusals import Refusal, RefusalLog
+from core.auth.apikeys import KEY_PREFIX, principal_for_key, verify_key
+from core.auth.token_kinds import id_token_reason, unverified_parts
 from core.errors import NotAuthenticated
 from core.identity import Principal
-from core.token_kinds import id_token_reason, unverified_parts
 
 if TYPE_CHECKING:
     from core.services import Services

@@ -25,7 +25,7 @@ from core.errors import ConfigError
 from core.identity import GLOBAL_ROLES, TENANT_ROLES, Role, merge_role
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

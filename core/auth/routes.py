@@ -1,9 +1,9 @@
 """The browser sign-in routes: `/login`, `/auth/callback`, `/logout`, `/auth/signed-out`.
 
-Part of core/auth.py (split for size); see its docstring for the whole picture.
+Part of core/auth/principal.py (split for size); see its docstring for the whole picture.
 
 Sign-out changes state, so it is `POST /logout` with the session's CSRF token (a form field,
-core/sessions.py `csrf_token`), behind the cross-origin check of core/cross_site.py. `GET
+core/auth/sessions.py `csrf_token`), behind the cross-origin check of core/auth/cross_site.py. `GET
 /logout` only shows a page with that form: a link or image on another site cannot sign anyone
 out. At the IdP, RP-initiated logout names the client (`client_id`) instead of sending the ID
 token as `id_token_hint`: a URL ends up in histories, logs and Referer headers, and the app
@@ -23,9 +23,8 @@ from joserfc.errors import JoseError
 from slowapi.util import get_remote_address
 
 from core.audit.auditor import AuditEvent
-from core.bearer import AuthRuntime, groups_from_claims
-from core.config import Settings
-from core.sessions import (
+from core.auth.bearer import AuthRuntime, groups_from_claims
+from core.auth.sessions import (
     create_session,
     csrf_token,
     csrf_token_ok,
@@ -33,6 +32,7 @@ from core.sessions import (
     revoke_session,
     session_id_of,
 )
+from core.config import Settings
 
 LOGIN_RATE_LIMIT = "60/minute"  # per client address: sign-in has no principal yet
 LOGIN_ERRORS = (OAuthError, JoseError, httpx.HTTPError, ValueError, KeyError, TypeError)
@@ -91,7 +91,7 @@ async def _exchange(client: StarletteOAuth2App, request: Request, settings: Sett
 
 
 def _login_failed(runtime: AuthRuntime, request: Request, exc: Exception) -> Response:
-    from core.auth import signed_out_page
+    from core.auth.principal import signed_out_page
 
     runtime.services.auditor.record(
         AuditEvent(
@@ -110,7 +110,7 @@ async def _start_session(
     runtime: AuthRuntime, request: Request, token: Any, userinfo: Any
 ) -> Response:
     """End this browser's previous session, store a new one, put its id in a new cookie."""
-    from core.auth import redirect, safe_next
+    from core.auth.principal import redirect, safe_next
 
     settings = runtime.services.settings
     old = request.session.get("sid")
@@ -144,7 +144,7 @@ async def _start_session(
 
 def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
     """Register the sign-in routes on `app`."""
-    from core.auth import safe_next, signed_out_page
+    from core.auth.principal import safe_next, signed_out_page
 
     settings = runtime.services.settings
     limiter = runtime.services.limits.limiter
@@ -176,7 +176,7 @@ def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2A
 
 
 def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
-    from core.auth import redirect, signed_out_page
+    from core.auth.principal import redirect, signed_out_page
 
     settings = runtime.services.settings
 
@@ -245,7 +245,7 @@ def _audit_logout(runtime: AuthRuntime, request: Request, record: Any, outcome: 
 
 
 async def _idp_logout(client: StarletteOAuth2App, request: Request, settings: Settings) -> Response:
-    from core.auth import redirect
+    from core.auth.principal import redirect
 
     back = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     try:

@@ -8,13 +8,13 @@
   `/auth/signed-out`;
 - Starlette `SessionMiddleware` (signed cookie: HttpOnly, SameSite=Lax, Secure in production)
   holding only a random session secret and the subject; the session itself is a database row
-  (core/sessions.py), so sign-out also kills copies of the cookie;
+  (core/auth/sessions.py), so sign-out also kills copies of the cookie;
 - a middleware that re-reads the user's groups from the IdP (userinfo, or the refresh token
   when the access token expired) every `groups_refresh_seconds`; if the IdP refuses, the
   session ends; if it is unreachable, the old groups stay valid for one more interval, then
   the user must sign in again;
 - `TrustedHostMiddleware` (Settings.allowed_hosts), CORS for `Settings.cors_origins` only and
-  cross-origin protection for state-changing requests (core/cross_site.py), the rate limiter
+  cross-origin protection for state-changing requests (core/auth/cross_site.py), the rate limiter
   (core/limits.py), and the refusal log that audits refused bearer credentials
   (core/audit/refusals.py);
 - SIGHUP re-reads the group mapping.
@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.audit.auditor import AuditEvent
 from core.audit.refusals import RefusalLog
-from core.bearer import (
+from core.auth.bearer import (
     AuthRuntime,
     IdentityProvider,
     IdpRefused,
@@ -48,10 +48,8 @@ from core.bearer import (
     groups_from_claims,
     principal_from_bearer,
 )
-from core.cross_site import install_cross_site
-from core.identity import Principal
-from core.limits import install_rate_limits
-from core.sessions import (
+from core.auth.cross_site import install_cross_site
+from core.auth.sessions import (
     SessionRecord,
     csrf_token,
     load_session,
@@ -59,6 +57,8 @@ from core.sessions import (
     update_groups,
     utcnow,
 )
+from core.identity import Principal
+from core.limits import install_rate_limits
 
 if TYPE_CHECKING:
     from core.services import Services
@@ -218,7 +218,7 @@ def _allowed_hosts(services: Services) -> list[str]:
 
 def install_auth(app: FastAPI, services: Services, *, idp: IdentityProvider | None = None) -> None:
     """Add sign-in routes, sessions, bearer support, rate limits and TrustedHost to `app`."""
-    from core.auth_routes import add_auth_routes, make_oauth_client
+    from core.auth.routes import add_auth_routes, make_oauth_client
 
     settings = services.settings
     idp = idp or IdentityProvider(

@@ -1,6 +1,6 @@
 """Cross-site requests: CORS for configured origins only, and no cross-origin state changes.
 
-Two layers, both installed by `install_cross_site` (core/auth.py calls it):
+Two layers, both installed by `install_cross_site` (core/auth/principal.py calls it):
 
 - CORS: Starlette's `CORSMiddleware` with `Settings.cors_origins` (empty by default: same
   origin only). Its presence also switches off Gradio's own `CustomCORSMiddleware`, which
@@ -13,7 +13,7 @@ Two layers, both installed by `install_cross_site` (core/auth.py calls it):
   browser), else compare `Origin` with `Host`; requests with neither are not from a browser
   form. Requests that carry `Authorization` are exempt: no browser attaches one to a
   cross-site request by itself, and CORS decides whether a page may send one.
-`/logout` also needs a CSRF token (core/auth_routes.py), for browsers that send neither header.
+`/logout` also needs a CSRF token (core/auth/routes.py), for browsers that send neither header.
 """
 
 from __future__ import annotations
