@@ -2,7 +2,7 @@
 
 Tenant `flood` runs 32 concurrent streams back to back; tenant `quiet` sends one request per
 second (open loop: a request starts every second whatever the others do). Both go through
-the product's chat turn (`core.chat.start_chat_turn` then `ChatTurn.stream()`: authorization,
+the product's chat turn (`core.chat.turn.start_chat_turn` then `ChatTurn.stream()`: authorization,
 rate limits, the retrieval call, template, prompt hooks, the per-tenant generation slot,
 the shared engine, the audit event), in this process, on the run's shared engine. The HTTP
 layer is left out: the mechanisms under test live below it. Retrieval is off (the tenants'
@@ -76,7 +76,7 @@ def _principal() -> Any:
 
 async def _turn(services: Any, tenant: str, i: int, max_tokens: int, seed: int) -> float:
     """One chat turn; returns its time to first token in ms (NaN if nothing came)."""
-    from core.chat import ChatRequest, start_chat_turn
+    from core.chat.turn import ChatRequest, start_chat_turn
 
     request = ChatRequest(
         tenant_id=tenant,

@@ -7,7 +7,7 @@
   headers and is audited (`install_rate_limits`).
 - Inside handlers (Gradio, the chat turn): `Limits.check(principal, tenant_id)` hits the same
   `limits` storage with the per-user and per-tenant limits from Settings and raises
-  `RateLimited(retry_after)`; the caller audits it (core/chat.py does).
+  `RateLimited(retry_after)`; the caller audits it (core/chat/turn.py does).
 - Storage: in-process by default; Redis when `TENANTLLM_REDIS_URL` is set, so several app
   processes share one budget. If Redis fails, limits are still enforced per process.
 - `generation_slot(tenant_id)`: at most `tenant_max_concurrency` generations of one tenant run

@@ -9,7 +9,7 @@ Rules (the README "Roles" table says the same):
 
 `authorize` only decides and raises `PermissionDenied`; it does not audit. The caller audits
 the refusal, because only the caller knows the request (action name, client IP, request id):
-core/chat.py, core/ui/session.py `check`, core/auth/principal.py (sign-in), core/cli/keys.py.
+core/chat/turn.py, core/ui/session.py `check`, core/auth/principal.py (sign-in), core/cli/keys.py.
 """
 
 from __future__ import annotations

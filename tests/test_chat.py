@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core.chat import ChatRequest, sanitize_history, start_chat_turn
+from core.chat.turn import ChatRequest, sanitize_history, start_chat_turn
 from core.errors import (
     InvalidRequest,
     PermissionDenied,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.chat import ChatRequest, start_chat_turn
+from core.chat.turn import ChatRequest, start_chat_turn
 from tests.test_chat import audit_events, first_chunk_then_close, ingest_text, principal
 
 pytestmark = pytest.mark.engine

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core import conversations as conv
+from core.chat import conversations as conv
 from core.db import dispose_engines, upgrade_database
 from core.errors import InvalidRequest, NotFound
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import injection
+from core.chat import injection
+from core.chat.injection import check_prompt, detect_injection
 from core.errors import PromptRejected
-from core.injection import check_prompt, detect_injection
 
 OTHERS = ["finance", "Finance", "development", "Development"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from core.chat import ChatRequest, start_chat_turn
+from core.chat.turn import ChatRequest, start_chat_turn
 from tests.test_chat import audit_events, principal
 
 pytestmark = pytest.mark.engine

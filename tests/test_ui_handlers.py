@@ -86,7 +86,7 @@ def test_member_calling_admin_handlers_is_refused_and_audited(app_server) -> Non
 
 
 def test_conversation_of_another_user_cannot_be_opened(app_server) -> None:
-    from core import conversations as conv
+    from core.chat import conversations as conv
 
     db = app_db_url(app_server.data_dir)
     owner = make_user(app_server.issuer, ["sales"])

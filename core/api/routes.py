@@ -3,7 +3,7 @@
 A model is a tenant (`model` = tenant id). The credential is `Authorization: Bearer` with an
 API key (`tlm_...`) or an OIDC access token; the principal it names decides which tenants may
 be used, never a field of the request. Every completion is the same chat turn as the UI's
-(`core.chat`), audited with action `api_chat`. Retrieval sources travel in the extension field
+(`core.chat.turn`), audited with action `api_chat`. Retrieval sources travel in the extension field
 `tenantllm` (see core/api/schemas.py). Errors use the OpenAI shape (core/api/errors.py).
 """
 
@@ -34,7 +34,7 @@ from core.api.stream import (
 )
 from core.auth.bearer import record_refusal
 from core.auth.principal import principal_from_bearer
-from core.chat import ChatRequest, start_chat_turn
+from core.chat.turn import ChatRequest, start_chat_turn
 from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
 from core.identity import Principal
 from core.rbac import authorize, is_allowed

@@ -76,7 +76,7 @@ async def _ask_tenant(
     max_tokens: int | None,
     temperature: float,
 ) -> dict[str, Any]:
-    from core.chat import ChatRequest, start_chat_turn
+    from core.chat.turn import ChatRequest, start_chat_turn
     from core.rbac import operator_principal
     from core.services import build_services
 

@@ -1,6 +1,6 @@
 """The Chat tab: streamed answers with their sources, a Stop button, saved conversations.
 
-History comes from the database (core/conversations.py), never from the page: the Chatbot's
+History comes from the database (core/chat/conversations.py), never from the page: the Chatbot's
 value is output only. The conversation id and the team the page sends are re-checked against
 the signed-in user on every call: a conversation id of another user or team is `NotFound`.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import gradio as gr
 
-from core import conversations as conv
-from core.chat import ChatRequest, start_chat_turn
+from core.chat import conversations as conv
+from core.chat.turn import ChatRequest, start_chat_turn
 from core.errors import InvalidRequest, TenantLLMError
 from core.services import Services
 from core.ui.render import answer_html, inline_text, sanitize_html

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core import conversations as conv
 from core.audit.query import AuditFilters
 from core.auth import apikeys
+from core.chat import conversations as conv
 from core.config import Settings
 from tests.ui_helpers import app_db_url, make_user, signed_in_client, wait_for_audit
 

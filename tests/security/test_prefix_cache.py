@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from core.chat import ChatRequest, start_chat_turn
+from core.chat.turn import ChatRequest, start_chat_turn
 from core.config import Settings
 from core.engine import Engine, GenerationChunk, GenerationParams, cache_salt, request_cache_salt
 from tests.test_chat import principal

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from core import conversations as conv
+from core.chat import conversations as conv
 from tests.fixtures.browser import screenshot, sign_in
 from tests.test_ui_render import PAYLOADS
 from tests.ui_helpers import app_db_url, make_user

@@ -13,7 +13,7 @@ from core.engine import GenerationParams
 from core.errors import InvalidRequest, PromptTooLong
 
 if TYPE_CHECKING:
-    from core.chat import ChatRequest
+    from core.chat.turn import ChatRequest
     from core.services import Services
     from core.tenancy import Source, Tenant
 

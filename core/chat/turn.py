@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
 from core.audit.auditor import AuditEvent
-from core.chat_prompt import clean_question, fit_prompt, generation_params, sanitize_history
+from core.chat.injection import check_prompt, detect_injection
+from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.engine import GenerationChunk, GenerationParams
 from core.errors import (
     EngineUnavailable,
@@ -32,7 +33,6 @@ from core.errors import (
     RateLimited,
     TenantLLMError,
 )
-from core.injection import check_prompt, detect_injection
 from core.plugins import process_prompt
 from core.rbac import authorize
 from core.redaction import redact_secrets
