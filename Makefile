@@ -55,8 +55,8 @@ $(STAMPS)/deps: pyproject.toml $(STAMPS)/engine-$(ENGINE)
 	touch $@
 
 # The bundled model is converted once (atomically) into data/models/.
-$(STAMPS)/model: $(STAMPS)/deps core/model.py
-	$(BIN)/python -m core.model --data-dir data
+$(STAMPS)/model: $(STAMPS)/deps core/engine/model.py
+	$(BIN)/python -m core.engine.model --data-dir data
 	touch $@
 
 $(STAMPS)/chromium:

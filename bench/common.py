@@ -373,9 +373,9 @@ class BenchContext:
         return Settings(data_dir=self.subdir(name), model=str(self.model_dir), **overrides)
 
     def engine(self) -> Any:
-        """The product's engine (`core.engine.create_engine`), started on first use."""
+        """The product's engine (`core.engine.base.create_engine`), started on first use."""
         if self._engine is None:
-            from core.engine import create_engine
+            from core.engine.base import create_engine
 
             engine = create_engine(self.settings("engine"))
             before = child_pids()

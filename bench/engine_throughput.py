@@ -1,4 +1,4 @@
-"""Engine numbers through core/engine.py: model preparation, engine ready time, and output
+"""Engine numbers through core/engine/base.py: model preparation, engine ready time, and output
 tokens/s for N concurrent requests of M tokens each (ignore_eos, so each gives exactly M).
 
     .venv/bin/python -m bench.engine_throughput [--concurrency 16] [--tokens 128] [--json]
@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.config import Settings
-from core.engine import Engine, GenerationParams, create_engine
-from core.model import ensure_bundled_model
+from core.engine.base import Engine, GenerationParams, create_engine
+from core.engine.model import ensure_bundled_model
 
 PROMPTS = [
     "Write a story about a lighthouse keeper.",

@@ -102,7 +102,7 @@ def serve() -> None:
 @contextlib.contextmanager
 def kv_budget(fraction_divisor: int) -> Iterator[None]:
     """Build engines with 1/n of the configured KV cache (the product sizes it in whole GiB)."""
-    import core.engine_vllm as ev
+    import core.engine.inprocess as ev
 
     saved = ev.GIB
     ev.GIB = saved // fraction_divisor
@@ -114,8 +114,8 @@ def kv_budget(fraction_divisor: int) -> Iterator[None]:
 
 def build_raw_engine(settings: Any) -> Any:
     """A bare `AsyncLLM` with exactly the product's engine arguments (VLLMEngine._build)."""
-    from core.engine_vllm import VLLMEngine
-    from core.model import resolve_model
+    from core.engine.inprocess import VLLMEngine
+    from core.engine.model import resolve_model
 
     return VLLMEngine(settings)._build(resolve_model(settings))
 

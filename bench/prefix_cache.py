@@ -20,7 +20,7 @@ import time
 import uuid
 
 from bench.common import BenchContext, BenchResult, Table, percentile, ratio, target
-from core.engine import Engine, GenerationParams
+from core.engine.base import Engine, GenerationParams
 
 USERS = 4
 VARIANTS = ("tenant", "user", "none")

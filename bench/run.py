@@ -69,7 +69,7 @@ def _model_dir() -> Path:
     override = os.environ.get("BENCH_MODEL_DIR")
     if override:
         return Path(override).resolve()
-    from core.model import ensure_bundled_model
+    from core.engine.model import ensure_bundled_model
 
     return ensure_bundled_model(REPO / "data")
 

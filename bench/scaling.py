@@ -27,7 +27,7 @@ RESERVE_S = 240.0  # what the retrieval benchmark and the report need after this
 async def _request(
     engine: Any, messages: list[dict[str, str]], max_tokens: int, seed: int
 ) -> RequestStats:
-    from core.engine import GenerationParams
+    from core.engine.base import GenerationParams
 
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=seed)
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core.engine import Engine, GenerationChunk, GenerationParams, cache_salt
+from core.engine.base import Engine, GenerationChunk, GenerationParams, cache_salt
 from core.errors import EngineOverloaded, EngineUnavailable, InvalidRequest, PromptTooLong
 
 pytestmark = pytest.mark.engine

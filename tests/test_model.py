@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import core.model as model_module
+import core.engine.model as model_module
 from core.config import Settings, load_settings, reset_settings_cache
-from core.engine import create_engine
+from core.engine.base import create_engine
+from core.engine.model import bundled_model_dir, ensure_bundled_model, resolve_model
 from core.errors import ConfigError, ModelError
-from core.model import bundled_model_dir, ensure_bundled_model, resolve_model
 
 
 def _fake_convert(calls: list[int], *, rope_theta: float = 100000.0):

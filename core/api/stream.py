@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from core.api.errors import INTERNAL_ERROR, error_body
 from core.api.schemas import ChatCompletion, ChatCompletionChunk, SourceOut, TenantLLMExtension
 from core.chat.turn import ChatTurn
-from core.engine import GenerationChunk
+from core.engine.base import GenerationChunk
 from core.errors import TenantLLMError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from core.engine import GenerationParams
+from core.engine.base import GenerationParams
 from core.errors import InvalidRequest, PromptTooLong
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal, cast
 from core.audit.auditor import AuditEvent
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
-from core.engine import GenerationChunk, GenerationParams
+from core.engine.base import GenerationChunk, GenerationParams
 from core.errors import (
     EngineUnavailable,
     InvalidRequest,

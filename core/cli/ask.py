@@ -19,7 +19,7 @@ import click
 
 from core.cli.base import main, user_errors
 from core.config import Settings, get_settings
-from core.engine import GenerationChunk, GenerationParams, create_engine
+from core.engine.base import GenerationChunk, GenerationParams, create_engine
 
 # Salts the prefix cache of direct questions apart from every tenant's.
 DIRECT_TENANT = "_cli"

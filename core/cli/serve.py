@@ -33,7 +33,7 @@ def serve_app(settings: Settings) -> None:
     """Run the app with uvicorn until Ctrl-C; the engine is stopped on the way out."""
     import uvicorn
 
-    from core.model import resolve_model
+    from core.engine.model import resolve_model
     from core.server import create_app
 
     resolve_model(settings)  # a wrong model path is a clear error now, not in the background

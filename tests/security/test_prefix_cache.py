@@ -20,7 +20,13 @@ import pytest
 
 from core.chat.turn import ChatRequest, start_chat_turn
 from core.config import Settings
-from core.engine import Engine, GenerationChunk, GenerationParams, cache_salt, request_cache_salt
+from core.engine.base import (
+    Engine,
+    GenerationChunk,
+    GenerationParams,
+    cache_salt,
+    request_cache_salt,
+)
 from tests.test_chat import principal
 
 pytestmark = pytest.mark.engine

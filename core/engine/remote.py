@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from core.config import Settings
-from core.engine import (
+from core.engine.base import (
     Engine,
     EngineRequest,
     EngineStatus,

@@ -5,7 +5,7 @@ load on the CPU. `ensure_bundled_model` converts it once into an HF folder under
 (transformers reads the GGUF, we save bf16 safetensors), atomically and under a file lock, so
 that a crash mid-way never leaves a half folder and two processes never convert at once.
 
-`python -m core.model [--data-dir D]` prepares it and prints its path (the Makefile runs it).
+`python -m core.engine.model [--data-dir D]` prepares it and prints its path (the Makefile runs it).
 """
 
 from __future__ import annotations

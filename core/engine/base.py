@@ -1,7 +1,7 @@
 """The one shared engine per process, behind one interface for both backends.
 
-`vllm` (core/engine_vllm.py) runs vLLM's `AsyncLLM` in this process; `openai`
-(core/engine_remote.py) talks to a remote OpenAI-compatible vLLM server. Everything both
+`vllm` (core/engine/inprocess.py) runs vLLM's `AsyncLLM` in this process; `openai`
+(core/engine/remote.py) talks to a remote OpenAI-compatible vLLM server. Everything both
 backends must do the same way lives here: checking parameters and caps before anything reaches
 the engine, the `cache_salt`, request ids.
 
@@ -234,11 +234,11 @@ def _checked_messages(messages: Sequence[object]) -> list[dict[str, str]]:
 def create_engine(settings: Settings) -> Engine:
     """The engine for `settings.engine_backend` (not started: await `start()`)."""
     if settings.engine_backend == "vllm":
-        from core.engine_vllm import VLLMEngine
+        from core.engine.inprocess import VLLMEngine
 
         return VLLMEngine(settings)
     if settings.engine_backend == "openai":
-        from core.engine_remote import RemoteEngine
+        from core.engine.remote import RemoteEngine
 
         return RemoteEngine(settings)
     raise ConfigError(f"TENANTLLM_ENGINE_BACKEND: unknown backend {settings.engine_backend!r}.")

@@ -15,7 +15,7 @@ from contextlib import aclosing
 from typing import Any
 
 from core.config import Settings
-from core.engine import (
+from core.engine.base import (
     Engine,
     EngineRequest,
     EngineStatus,
@@ -23,13 +23,13 @@ from core.engine import (
     GenerationParams,
     PreparedPrompt,
 )
+from core.engine.model import resolve_model
 from core.errors import (
     EngineOverloaded,
     EngineUnavailable,
     InvalidRequest,
     TenantLLMError,
 )
-from core.model import resolve_model
 
 log = logging.getLogger(__name__)
 
