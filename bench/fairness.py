@@ -33,7 +33,7 @@ def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
     from core.audit.auditor import Auditor
     from core.auth.group_mapping import GroupMapping
     from core.db import upgrade_database
-    from core.knowledge import KnowledgeService
+    from core.knowledge.service import KnowledgeService
     from core.limits import Limits
     from core.services import Services
     from core.tenancy import TenantRegistry

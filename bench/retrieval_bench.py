@@ -1,6 +1,6 @@
 """Benchmark 4: retrieval latency by store size, tenant independence, and ingestion speed.
 
-Everything goes through `core.knowledge.KnowledgeService` on a scratch data dir, beside raw
+Everything goes through `core.knowledge.service.KnowledgeService` on a scratch data dir, beside raw
 baselines measured in the same run:
 
 * Ingestion: real text files through `KnowledgeService.ingest` (sandboxed parse, split,
@@ -72,7 +72,7 @@ def _write_docs(folder: Path, files: int, words: int, seed: int) -> list[Path]:
 
 
 def _raw_encode_rate(model: Any, texts: list[str]) -> float:
-    from core.vectorstore import EMBED_BATCH_SIZE
+    from core.knowledge.vectorstore import EMBED_BATCH_SIZE
 
     started = time.perf_counter()
     model.encode(texts, batch_size=EMBED_BATCH_SIZE)
@@ -87,9 +87,9 @@ def _ingestion(
     A warm-up file is ingested first, unmeasured: the first batches of a new shape pay
     one-time costs in torch, and without it they fell on our side only.
     """
-    from core import parsing
-    from core.chunking import DOCUMENT_KEY
-    from core.vectorstore import chroma_store
+    from core.knowledge import parsing
+    from core.knowledge.chunking import DOCUMENT_KEY
+    from core.knowledge.vectorstore import chroma_store
 
     parsing.start_parser()  # as the app does at startup; its 2-4 s are not ingestion
     ks.ingest(tenant, [warm_up], "bench")
@@ -127,9 +127,9 @@ def _fill(ks: Any, tenant: Any, n: int, base: tuple[list[str], Any], seed: int) 
     import numpy as np
     from llama_index.core.schema import TextNode
 
-    from core import documents
-    from core.chunking import DOCUMENT_KEY, FILENAME_KEY, LOCATION_KEY, TENANT_KEY
     from core.db import session_scope
+    from core.knowledge import documents
+    from core.knowledge.chunking import DOCUMENT_KEY, FILENAME_KEY, LOCATION_KEY, TENANT_KEY
 
     texts, vectors = base
     rng = np.random.default_rng(seed)
@@ -186,7 +186,7 @@ def _measure(
     ks: Any, tenant: Any, model: Any, questions: list[str], others: list[Any] | None = None
 ) -> dict[str, Any]:
     """p50/p95 of ours, raw HNSW and raw encode+query for the tenant (others queried between)."""
-    from core.vectorstore import chroma_store
+    from core.knowledge.vectorstore import chroma_store
 
     collection = chroma_store(tenant.id, ks.tenant_dir(tenant) / "chroma").client
     k = ks.settings.top_k
@@ -258,8 +258,8 @@ def _setup(ctx: BenchContext, others: int) -> tuple[Any, Any]:
 
     from core.config import Settings
     from core.db import upgrade_database
-    from core.knowledge import KnowledgeService
-    from core.vectorstore import EMBEDDING_MODEL_DIR
+    from core.knowledge.service import KnowledgeService
+    from core.knowledge.vectorstore import EMBEDDING_MODEL_DIR
 
     work = ctx.subdir("retrieval")
     ids = ["ingest", "small", "ten", "big"] + [f"other{i}" for i in range(others)]

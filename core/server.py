@@ -15,10 +15,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from core import parsing
 from core.api.errors import error_response
 from core.config import Settings
 from core.errors import TenantLLMError
+from core.knowledge import parsing
 from core.security_headers import install_security_headers
 from core.services import Services, build_services
 

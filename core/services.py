@@ -13,7 +13,7 @@ from core.auth.group_mapping import GroupMapping
 from core.config import Settings
 from core.db import upgrade_database
 from core.engine.base import Engine, create_engine
-from core.knowledge import KnowledgeService
+from core.knowledge.service import KnowledgeService
 from core.limits import Limits
 from core.plugins import load_tenants
 from core.tenancy import TenantRegistry

@@ -130,7 +130,7 @@ class Tenant:
     """One team: its identity, its voice and (optionally) its own retrieval parts.
 
     `retriever_factory` and `store_factory` are None for the core defaults (see
-    core/vectorstore.py). `plugin` is set by the host to the plugin that registered it.
+    core/knowledge/vectorstore.py). `plugin` is set by the host to the plugin that registered it.
     """
 
     id: str

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.config import Settings
 from core.db import upgrade_database
-from core.knowledge import KnowledgeService
+from core.knowledge.service import KnowledgeService
 from core.plugins import load_tenants
 
 

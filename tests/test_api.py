@@ -58,7 +58,7 @@ def document_ids(app_server: Any, tenant_id: str) -> set[str]:
     from sqlalchemy import select
 
     from core.db import session_scope
-    from core.documents import DocumentRow
+    from core.knowledge.documents import DocumentRow
 
     url = app_settings(app_server).resolved_database_url
     with session_scope(url) as session:

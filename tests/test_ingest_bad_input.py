@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.knowledge import KnowledgeService
+from core.knowledge.service import KnowledgeService
 from tests.knowledge_support import (
     make_docx,
     make_docx_bomb,

@@ -15,8 +15,8 @@ import pytest
 from core import crypto
 from core.config import Settings
 from core.errors import ConfigError, IngestionError, NotFound
-from core.knowledge import DEMO_DOCS_DIR, KnowledgeService
-from core.vectorstore import delete_nodes
+from core.knowledge.service import DEMO_DOCS_DIR, KnowledgeService
+from core.knowledge.vectorstore import delete_nodes
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
 
 REPO = Path(__file__).resolve().parents[1]

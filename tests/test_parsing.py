@@ -31,7 +31,7 @@ ENTRY_POINT = textwrap.dedent(
     if __name__ == "__main__":
         import psutil
 
-        from core import parsing
+        from core.knowledge import parsing
 
         parsing.start_parser()
         servers = [

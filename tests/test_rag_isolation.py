@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.knowledge import KnowledgeService
+from core.knowledge.service import KnowledgeService
+from core.knowledge.vectorstore import COLLECTION_NAME, _chroma_settings
 from core.tenancy import Tenant
-from core.vectorstore import COLLECTION_NAME, _chroma_settings
 from tests.knowledge_support import make_service, write
 
 TENANTS = ("sales", "development", "finance")
@@ -199,8 +199,8 @@ def test_stray_vectors_in_a_store_are_never_returned(
     """
     from llama_index.core.schema import TextNode
 
-    from core.chunking import DOCUMENT_KEY, TENANT_KEY
-    from core.vectorstore import embedding_model
+    from core.knowledge.chunking import DOCUMENT_KEY, TENANT_KEY
+    from core.knowledge.vectorstore import embedding_model
 
     sales = service.tenants.get("sales")
     finance_id = next(d.id for d in service.list_documents(service.tenants.get("finance")))

@@ -21,7 +21,7 @@ from core.audit.auditor import AuditEvent, Auditor
 from core.cli.base import main, user_errors
 from core.config import Settings, load_settings
 from core.db import upgrade_database
-from core.knowledge import IngestOutcome, KnowledgeService
+from core.knowledge.service import IngestOutcome, KnowledgeService
 from core.plugins import load_tenants, plugin_package
 from core.rbac import operator_principal
 from core.tenancy import Tenant

@@ -21,7 +21,7 @@ import pandas as pd
 
 from core.errors import InvalidRequest, TenantLLMError
 from core.identity import Principal
-from core.knowledge import IngestOutcome
+from core.knowledge.service import IngestOutcome
 from core.services import Services
 from core.ui.render import inline_markdown
 from core.ui.session import check, may, principal_of, record_ok, shown_as_error, user_message

@@ -26,8 +26,8 @@ import pytest
 from core.audit.query import AuditFilters
 from core.config import Settings
 from core.db import session_scope
-from core.documents import DocumentRow, utcnow
-from core.knowledge import KnowledgeService
+from core.knowledge.documents import DocumentRow, utcnow
+from core.knowledge.service import KnowledgeService
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
 from tests.security.test_output_scoping import GradioSession
 from tests.ui_helpers import app_db_url, make_user, signed_in_client, wait_for_audit

@@ -1,8 +1,8 @@
 """Checks on an uploaded file before anything parses it: name, type, size, content, zip bombs.
 
 All of these are cheap and run in the server process; anything that needs a real parser runs
-in the sandboxed worker (core/parsing.py). Each failure is an `IngestionError` subclass whose
-message tells the uploader what is wrong with *their* file.
+in the sandboxed worker (core/knowledge/parsing.py). Each failure is an `IngestionError`
+subclass whose message tells the uploader what is wrong with *their* file.
 """
 
 from __future__ import annotations

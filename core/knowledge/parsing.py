@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from core.errors import FileTooLarge, IngestionError
-from core.uploads import too_much_text
+from core.knowledge.uploads import too_much_text
 
 CSV_ROWS_PER_PART = 25
 HEADING = re.compile(r"^(#{1,6})\s+(.*)")
@@ -207,7 +207,7 @@ def _worker_context() -> multiprocessing.context.ForkServerContext:
         ctx.set_forkserver_preload(
             [
                 "core.cli",
-                "core.parsing",
+                "core.knowledge.parsing",
                 "llama_index.readers.file.docs.base",
                 "pypdf",
                 "bs4",

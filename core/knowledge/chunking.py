@@ -16,8 +16,8 @@ from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
 
 from core.errors import FileTooLarge
-from core.parsing import Part
-from core.vectorstore import embedding_model
+from core.knowledge.parsing import Part
+from core.knowledge.vectorstore import embedding_model
 
 TENANT_KEY = "tenant_id"
 DOCUMENT_KEY = "tenantllm_document_id"

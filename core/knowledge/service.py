@@ -3,7 +3,7 @@
 Each tenant has its own vector store (its own Chroma directory) under
 `<data_dir>/tenants/<tenant_id>/chroma` and its encrypted originals under `.../files/`,
 named by document id (an uploader's file name is display text, never a path). The SQL
-registry (core/documents.py) is the list of record. A file is stored completely or not at
+registry (core/knowledge/documents.py) is the list of record. A file is stored completely or not at
 all: any failure removes what was written for it, and the rest of a batch goes on.
 """
 
@@ -22,8 +22,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import crypto, documents
-from core.chunking import (
+from core import crypto
+from core.config import Settings
+from core.datadir import secure_data_dir
+from core.db import session_scope
+from core.errors import IngestionError, NotFound, QuotaExceeded
+from core.knowledge import documents
+from core.knowledge.chunking import (
     DOCUMENT_KEY,
     FILENAME_KEY,
     LOCATION_KEY,
@@ -31,15 +36,16 @@ from core.chunking import (
     build_nodes,
     delete_filter,
 )
-from core.config import Settings
-from core.datadir import secure_data_dir
-from core.db import session_scope
-from core.documents import DocumentInfo, IngestOutcome, document_info
-from core.errors import IngestionError, NotFound, QuotaExceeded
-from core.parsing import ParseLimits, Part, parse_in_sandbox
+from core.knowledge.documents import DocumentInfo, IngestOutcome, document_info
+from core.knowledge.parsing import ParseLimits, Part, parse_in_sandbox
+from core.knowledge.uploads import CheckedUpload, check_upload
+from core.knowledge.vectorstore import (
+    chroma_store,
+    default_retriever,
+    delete_nodes,
+    embedding_model,
+)
 from core.tenancy import Source, Tenant, TenantRegistry
-from core.uploads import CheckedUpload, check_upload
-from core.vectorstore import chroma_store, default_retriever, delete_nodes, embedding_model
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
@@ -49,7 +55,7 @@ _CHROMA_BATCH = 1000  # nodes per Chroma add()
 
 log = logging.getLogger(__name__)
 
-DEMO_DOCS_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_docs"
+DEMO_DOCS_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo_docs"
 DEMO_UPLOADER = "system:demo"
 
 
@@ -340,6 +346,6 @@ class KnowledgeService:
 
 
 def _kind_of(filename: str) -> str:
-    from core.uploads import SUPPORTED_TYPES
+    from core.knowledge.uploads import SUPPORTED_TYPES
 
     return SUPPORTED_TYPES[Path(filename).suffix.lower()]
