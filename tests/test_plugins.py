@@ -268,3 +268,14 @@ def test_external_plugin_package_installs_and_loads_when_allowed(tmp_path: Path)
         subprocess.run([*pip, "uninstall", "-y", "tenantllm-acme"], check=True, timeout=300)
     gone = _cli_tenants(["acme"])
     assert gone.returncode == 1 and "'acme' is allowed" in gone.stderr
+
+
+def test_plugin_authors_import_root_and_long_paths_name_the_same_objects() -> None:
+    import core
+    from core import errors, tenancy
+
+    assert core.hookimpl is hookspecs.hookimpl
+    assert core.Tenant is tenancy.Tenant
+    assert core.PromptTemplate is tenancy.PromptTemplate
+    assert core.PromptDraft is tenancy.PromptDraft
+    assert core.PromptRejected is errors.PromptRejected
