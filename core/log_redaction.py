@@ -33,7 +33,7 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _PATH_CAPABILITIES = (
     re.compile(r"(/gradio_api/heartbeat/)[^/?]+"),
     re.compile(r"(/gradio_api/stream/)[^?]+"),
-    re.compile(r"(/gradio_api/file=)[^?]+"),
+    re.compile(r"(/gradio_api/file(?:=|%3D))[^?]+", re.IGNORECASE),  # uvicorn quotes '='
     re.compile(r"(/gradio_api/file/)[^?]+"),
     re.compile(r"(/gradio_api/call/(?:v2/)?[^/?]+/)[^/?]+"),
 )

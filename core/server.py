@@ -106,7 +106,6 @@ def _add_login_redirect(app: FastAPI) -> None:
         "/healthz",
         "/readyz",
         "/v1/",
-        "/docs",
         "/openapi.json",
         "/assets/",
     )
@@ -139,6 +138,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         title="tenantllm",
         description="OpenAI-compatible API of tenantllm: one model per tenant (team).",
         lifespan=_lifespan(services, state),
+        # Swagger UI and ReDoc load their scripts from a CDN: offline and under the CSP they
+        # are blank pages. The schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.engine_state = state

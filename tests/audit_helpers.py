@@ -177,14 +177,19 @@ async def refused_http_burst(settings: Settings, total: int) -> Auditor:
 
     services = build_services(settings)
     app = create_app(settings, services)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        body = {"model": "sales", "messages": [{"role": "user", "content": "hi"}]}
-        calls = [
-            client.post("/v1/chat/completions", json=body, headers={"user-agent": f"burst-{i}"})
-            for i in range(total)
-        ]
-        responses = await asyncio.gather(*calls)
+    body = {"model": "sales", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def call(i: int) -> httpx.Response:
+        # One client address each: refusals from ONE address are aggregated (core/refusals.py),
+        # and this is about the writer losing nothing under concurrency.
+        address = (f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", 40000)
+        transport = httpx.ASGITransport(app=app, client=address)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.post(
+                "/v1/chat/completions", json=body, headers={"user-agent": f"burst-{i}"}
+            )
+
+    responses = await asyncio.gather(*(call(i) for i in range(total)))
     assert {r.status_code for r in responses} == {401}
     await asyncio.to_thread(services.auditor.flush)
     return services.auditor

@@ -103,6 +103,12 @@ def test_sign_in_chat_streams_with_sources(new_context, app_server) -> None:
     screenshot(page, "chat")
     saved = page.locator("#conv-list label")
     assert saved.count() == 1
+    # "New conversation" empties the chat and keeps the saved one in the list.
+    page.locator("#conv-new").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#chatbot [data-testid=bot]').length === 0"
+    )
+    assert saved.count() == 1
 
 
 # Sampled 24 times on the bundled model: 23 answers ran to the 256-token cap, one stopped at
@@ -201,6 +207,13 @@ def test_auditor_sees_audit_dashboard(new_context, app_server) -> None:
     assert " 0 events" not in label.inner_text()  # earlier tests left chats in the log
     _wait_text(page, "#audit-table", "chat")
     screenshot(page, "audit", full_page=True)
+    # Paging (the attack suite before the browser tests leaves far more than one page).
+    pages = int(label.inner_text().split(" of ")[1].split()[0])
+    if pages > 1:
+        page.locator("#audit-next").click()
+        _wait_text(page, "#audit-page", f"Page 2 of {pages}")
+        page.locator("#audit-prev").click()
+        _wait_text(page, "#audit-page", f"Page 1 of {pages}")
 
 
 def test_admin_sees_admin_tab(new_context, app_server) -> None:

@@ -201,9 +201,9 @@ def build_audit_tab(services: Services) -> Any:
         headers=TABLE_COLUMNS, label="Events", interactive=False, elem_id="audit-table"
     )
     with gr.Row():
-        prev_btn = gr.Button("← Previous", size="sm")
+        prev_btn = gr.Button("← Previous", size="sm", elem_id="audit-prev")
         page_label = gr.Markdown(elem_id="audit-page")
-        next_btn = gr.Button("Next →", size="sm")
+        next_btn = gr.Button("Next →", size="sm", elem_id="audit-next")
     flagged = gr.Dataframe(
         headers=TABLE_COLUMNS, label="Flagged prompt injections", interactive=False
     )
@@ -225,12 +225,11 @@ def build_audit_tab(services: Services) -> Any:
         lambda p: max(1, int(p) - 1),
         [page],
         [page],
-        queue=False,
         api_name="audit_prev_page",
         **private,
     ).then(show, [*widgets, page], outputs, api_name="audit_show_prev", **private)
     next_btn.click(
-        lambda p: int(p) + 1, [page], [page], queue=False, api_name="audit_next_page", **private
+        lambda p: int(p) + 1, [page], [page], api_name="audit_next_page", **private
     ).then(show, [*widgets, page], outputs, api_name="audit_show_next", **private)
     export_btn.click(csv, widgets, [export_file], api_name="audit_export", **private)
     return show, [*widgets, first], outputs

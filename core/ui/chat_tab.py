@@ -371,7 +371,6 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
         lambda: (gr.update(value=None), [], None, ""),
         None,
         cleared,
-        queue=False,
         api_name="conversation_new",
         **private,
     )

@@ -251,7 +251,6 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
         lambda: gr.update(visible=False),
         None,
         [v.confirm_row],
-        queue=False,
         api_name="delete_cancel",
         **private,
     )

@@ -234,8 +234,15 @@ def test_deep_links_and_other_sessions_give_nothing_away(app_server) -> None:
             "fn_index": fn_index(intruder, "chat_send"),
             "session_hash": session,
         }
+        intruders_own = uuid.uuid4().hex[:11]
         answers += [
             _first(intruder, "GET", "/gradio_api/queue/data", params={"session_hash": session}),
+            # The intruder's own hash first, the owner's last (FastAPI reads the last one).
+            _first(
+                intruder,
+                "GET",
+                f"/gradio_api/queue/data?session_hash={intruders_own}&session_hash={session}",
+            ),
             _first(intruder, "GET", f"/gradio_api/heartbeat/{session}"),
             _first(intruder, "POST", "/gradio_api/cancel", json=cancel),
             _first(
@@ -302,6 +309,14 @@ def test_upload_readable_and_usable_only_by_its_uploader(app_server) -> None:
         data = [[_file_data(path, name)], "finance"]
         joined = join_queue(intruder.client, "do_upload", data, uuid.uuid4().hex[:11])
         assert joined.status_code == 404, joined.text
+        # A URL as a file input (Gradio would fetch it past the upload caps), a path the OS
+        # cannot take: refused, and never a server error.
+        remote = [[_file_data("https://files.example.test/big.pdf", "big.pdf")], "sales"]
+        joined = join_queue(own, "do_upload", remote, uuid.uuid4().hex[:11])
+        assert joined.status_code == 404, joined.text
+        assert _first(own, "GET", "/gradio_api/file=/tmp/x%00y")[0] == 404
+    # Where the upload lies is a capability: not in the access log.
+    assert path not in _log_after(app_server.log_path, "/gradio_api/file")
     db = app_db_url(app_server.data_dir)
     assert wait_for_audit(db, AuditFilters(user=uploader, action="ui_upload_file", outcome="ok"))
     for caller, minimum in ((callers["member"], 1), (intruder, 2)):

@@ -141,7 +141,12 @@ class GradioGuard:
     async def _queue_data(
         self, principal: Principal, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        session_hash = payloads.query_value(scope, "session_hash")
+        try:
+            session_hash = payloads.query_value(scope, "session_hash")
+        except payloads.RepeatedParameter:
+            self._audit(scope, principal, "ui_session", "denied", 404, "session_hash repeated")
+            await _answer(scope, receive, send, NotFound("No such session."))
+            return
         if not await self._claimed(principal, session_hash, scope, receive, send):
             return
         folder = self.registry.folder().encode()
@@ -189,8 +194,11 @@ class GradioGuard:
         await self.app(scope, _replay(body, receive), send)
 
     def _inputs(self, data: dict[str, Any]) -> list[str]:
+        # A URL as a file input would make Gradio download it into the upload folder, past
+        # the upload route's role check, caps and audit: it counts as a file to check (and
+        # no one owns it).
         found = payloads.file_paths(data.get("data"), only_file_data=False)
-        return [p for p in found if self.registry.inside(p)]
+        return [p for p in found if "://" in p or self.registry.inside(p)]
 
     # --- files ---------------------------------------------------------------------------
     async def _file(

@@ -12,9 +12,21 @@ from starlette.types import Scope
 FILE_DATA_TYPE = "gradio.FileData"
 
 
+class RepeatedParameter(ValueError):
+    """A query parameter the guard checks was given more than once."""
+
+
 def query_value(scope: Scope, name: str) -> str | None:
-    """The first value of query parameter `name`, or None."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    """The one value of query parameter `name`, or None.
+
+    Given twice, the guard would check one value and Gradio (FastAPI takes the last) use
+    the other: `?session_hash=mine&session_hash=yours` read someone else's stream. So a
+    repeated parameter raises `RepeatedParameter` and the request is refused.
+    """
+    query = scope.get("query_string", b"").decode("latin-1")
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    if values and len(values) > 1:
+        raise RepeatedParameter(name)
     return values[0] if values else None
 
 

@@ -32,8 +32,14 @@ class _Entry:
 
 
 def real_path(path: str) -> str:
-    """The canonical form of a path (symlinks and `..` resolved), as registry keys."""
-    return os.path.realpath(path)
+    """The canonical form of a path (symlinks and `..` resolved), as registry keys.
+
+    A path the OS cannot take (a NUL byte) becomes "", which no one owns.
+    """
+    try:
+        return os.path.realpath(path)
+    except ValueError:
+        return ""
 
 
 class UploadRegistry:
