@@ -208,12 +208,13 @@ def test_auditor_sees_audit_dashboard(new_context, app_server) -> None:
     _wait_text(page, "#audit-table", "chat")
     screenshot(page, "audit", full_page=True)
     # Paging (the attack suite before the browser tests leaves far more than one page).
+    # Every view is audited too, so the page count may grow by one while we page.
     pages = int(label.inner_text().split(" of ")[1].split()[0])
     if pages > 1:
         page.locator("#audit-next").click()
-        _wait_text(page, "#audit-page", f"Page 2 of {pages}")
+        _wait_text(page, "#audit-page", "Page 2 of ")
         page.locator("#audit-prev").click()
-        _wait_text(page, "#audit-page", f"Page 1 of {pages}")
+        _wait_text(page, "#audit-page", "Page 1 of ")
 
 
 def test_admin_sees_admin_tab(new_context, app_server) -> None:
