@@ -120,13 +120,37 @@ STOP_ATTEMPTS = 3
 DEFAULT_MAX_TOKENS = 256  # the app's TENANTLLM_DEFAULT_MAX_TOKENS
 
 
+def _sent_stop(request: Any) -> bool:
+    return request.url.endswith(("/gradio_api/queue/join", "/gradio_api/cancel"))
+
+
+def _press_stop(page: Any) -> None:
+    """Click Stop until the page sends it to the server.
+
+    In about one full `make test` of three, Gradio's front end sent nothing for the first
+    click (the server log shows no Stop event and no cancel; not understood, not seen when
+    the test runs alone). What the server does with a Stop that arrives is what this test
+    judges, so a click that never left the browser is repeated, at most twice.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        try:
+            with page.expect_request(_sent_stop, timeout=10_000):
+                page.locator("#stop").click()
+            return
+        except PlaywrightTimeout:
+            continue
+    pytest.fail("three clicks on Stop sent nothing to the server")
+
+
 def test_stop_really_stops_generation(new_context, app_server) -> None:
     page, sub = _open(new_context, app_server, ["development"])
     db = app_db_url(app_server.data_dir)
     for attempt in range(1, STOP_ATTEMPTS + 1):
         _ask(page, STOP_QUESTION)
         _wait_streaming(page)
-        page.locator("#stop").click()
+        _press_stop(page)
         # This turn's one audit row, whatever its outcome (newest first).
         rows = wait_for_audit(db, AuditFilters(user=sub, action="chat"), 120, minimum=attempt)
         assert len(rows) == attempt, f"no audit row for the stopped turn: {rows}"

@@ -205,7 +205,9 @@ def build_audit_tab(services: Services) -> Any:
         page_label = gr.Markdown(elem_id="audit-page")
         next_btn = gr.Button("Next →", size="sm", elem_id="audit-next")
     flagged = gr.Dataframe(
-        headers=TABLE_COLUMNS, label="Flagged prompt injections", interactive=False
+        headers=TABLE_COLUMNS,
+        label="Flagged events (injection signals, refusal counts)",
+        interactive=False,
     )
     page = gr.State(1)
     widgets = [time_range, team, user, action, outcome]
