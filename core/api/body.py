@@ -34,7 +34,8 @@ def _message(max_bytes: int) -> str:
     )
 
 
-def _declared_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None when absent or malformed."""
     for name, value in scope.get("headers", []):
         if name == b"content-length":
             try:
@@ -57,7 +58,7 @@ class BodyLimit:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        declared = _declared_length(scope)
+        declared = declared_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(scope, receive, send)
             return

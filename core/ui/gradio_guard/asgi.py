@@ -162,7 +162,7 @@ class GradioGuard:
                     self._grant_outputs(principal, done)
             await send(message)
 
-        await self.app(_plain_encoding(scope), receive, observing_send)
+        await self.app(payloads.without_compression(scope), receive, observing_send)
 
     def _grant_outputs(self, principal: Principal, chunk: bytes) -> None:
         paths = [
@@ -239,12 +239,6 @@ def _principal(scope: Scope) -> Principal | None:
 
 async def _answer(scope: Scope, receive: Receive, send: Send, err: TenantLLMError) -> None:
     await error_response(err)(scope, receive, send)
-
-
-def _plain_encoding(scope: Scope) -> Scope:
-    # Gradio compresses with brotli; the guard must read what it forwards.
-    headers = [(k, v) for k, v in scope["headers"] if k != b"accept-encoding"]
-    return {**scope, "headers": headers}
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes:

@@ -36,6 +36,13 @@ def has_query(scope: Scope, name: str) -> bool:
     return name in query
 
 
+def without_compression(scope: Scope) -> Scope:
+    """The scope without `accept-encoding`: Gradio then answers uncompressed, so the guard
+    can read what it forwards (Gradio compresses with brotli when asked to)."""
+    headers = [(k, v) for k, v in scope["headers"] if k != b"accept-encoding"]
+    return {**scope, "headers": headers}
+
+
 def json_body(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None (Gradio then refuses it itself)."""
     try:

@@ -19,13 +19,14 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from core.api.body import declared_length
 from core.api.errors import error_response
 from core.audit.auditor import Outcome
 from core.errors import FileTooLarge, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal
 from core.rbac import is_allowed
 from core.services import Services
-from core.ui.gradio_guard import events
+from core.ui.gradio_guard import events, payloads
 from core.ui.gradio_guard.uploads import UploadRegistry
 
 ACTION = "ui_upload_file"
@@ -68,7 +69,7 @@ class UploadRoute:
         async def capture(message: Message) -> None:
             captured.append(message)
 
-        scope = {**self.scope, "headers": _without_encoding(self.scope["headers"])}
+        scope = payloads.without_compression(self.scope)  # read here before it is forwarded
         await app(scope, self._capped(receive), capture)
         starts = [m["status"] for m in captured if m["type"] == "http.response.start"]
         status = starts[0] if starts else 500
@@ -93,7 +94,7 @@ class UploadRoute:
         held = self.registry.held(self.principal.subject)
         if len(held) >= self.max_files:
             return self._too_many(held)
-        declared = _content_length(self.scope)
+        declared = declared_length(self.scope)
         if declared is not None and declared > self.body_cap:
             return self._too_large()
         return None
@@ -165,21 +166,6 @@ class UploadRoute:
         events.record(
             self.services, self.scope, self.principal, ACTION, outcome, status, detail, err
         )
-
-
-def _without_encoding(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    # The answer is read here before it is forwarded: ask Gradio not to compress it.
-    return [(k, v) for k, v in headers if k != b"accept-encoding"]
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def _text(captured: list[Message]) -> str:
