@@ -17,7 +17,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from core.audit import query as audit_query
 from core.audit.chain import ChainChecker, ChainReport, format_time
@@ -34,12 +34,16 @@ from core.audit.writer import AuditWriter
 from core.config import Settings
 from core.db import get_engine
 
+if TYPE_CHECKING:
+    from core.identity import Principal
+
 __all__ = [
     "AuditEvent",
     "AuditFilters",
     "AuditPage",
     "Auditor",
     "ChainReport",
+    "caller_of",
     "OutcomeCount",
     "TenantTokens",
     "TimeBucketCount",
@@ -75,6 +79,49 @@ class AuditEvent:
     error_class: str | None = None
     flags: list[str] = field(default_factory=list)
     detail: str | None = None
+
+    @classmethod
+    def from_request(
+        cls,
+        request: Any,
+        *,
+        action: str,
+        outcome: Outcome,
+        principal: Principal | None = None,
+        **fields: Any,
+    ) -> AuditEvent:
+        """The event for `request`: its caller's address and user agent, and who it was.
+
+        `request` is a Starlette request or websocket, a Gradio `gr.Request` (which wraps
+        one) or None (the CLI); `fields` are the remaining `AuditEvent` fields.
+        """
+        client_ip, user_agent = caller_of(request)
+        if principal is not None:
+            fields.setdefault("user_sub", principal.subject)
+            fields.setdefault("user_email", principal.email)
+        return cls(
+            action=action,
+            outcome=outcome,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            **fields,
+        )
+
+
+def caller_of(request: Any) -> tuple[str | None, str | None]:
+    """The socket peer's address and the user agent of `request` (None, None without one).
+
+    The address is the socket peer, never X-Forwarded-For: a proxy in front sets the peer
+    through uvicorn's --forwarded-allow-ips, so a client cannot forge it.
+    """
+    # gr.Request wraps the Starlette request as `.request`; a Starlette request has none.
+    raw = getattr(request, "request", None) or request
+    if raw is None:
+        return None, None
+    client = getattr(raw, "client", None)
+    headers = getattr(raw, "headers", None)
+    agent = headers.get("user-agent") if headers is not None else None
+    return getattr(client, "host", None), agent
 
 
 def _text(value: Any, limit: int) -> str | None:
