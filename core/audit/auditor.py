@@ -43,10 +43,10 @@ __all__ = [
     "AuditPage",
     "Auditor",
     "ChainReport",
-    "caller_of",
     "OutcomeCount",
     "TenantTokens",
     "TimeBucketCount",
+    "caller_of",
 ]
 
 log = logging.getLogger(__name__)
