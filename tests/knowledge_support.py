@@ -126,7 +126,7 @@ def stored_state(service: KnowledgeService, tenant_id: str) -> tuple[int, int, i
     """(registry rows, vectors, original files) of one tenant: what "nothing stored" counts."""
     tenant = service.tenants.get(tenant_id)
     rows = len(service.list_documents(tenant))
-    store = service._index(tenant).vector_store
+    store = service.vector_store(tenant)
     vectors = len(store.get_nodes(None))
     files_dir = service.tenant_dir(tenant) / "files"
     files = len(list(files_dir.iterdir())) if files_dir.exists() else 0

@@ -7,8 +7,10 @@ No timing is asserted anywhere: these check the arithmetic and the report format
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +209,12 @@ def test_merge_keeps_other_benchmarks_and_replaces_the_rerun(tmp_path):
     assert "## Summary: 2 of 2 targets met" in text
     assert text.count("## 1. A") == 1 and text.count("## 2. B") == 1
     assert "Generated old" in text and "Re-run later and merged in: 2. B" in text
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(p.stem for p in Path(__file__).resolve().parents[1].joinpath("bench").glob("*.py")),
+)
+def test_every_benchmark_module_imports(module):
+    """The benchmarks import core lazily; their own imports must still resolve after moves."""
+    importlib.import_module(f"bench.{module}")

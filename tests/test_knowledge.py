@@ -15,7 +15,8 @@ import pytest
 from core import crypto
 from core.config import Settings
 from core.errors import ConfigError, IngestionError, NotFound
-from core.knowledge.service import DEMO_DOCS_DIR, KnowledgeService
+from core.knowledge.demo import demo_docs_dir
+from core.knowledge.service import KnowledgeService
 from core.knowledge.vectorstore import delete_nodes
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
 
@@ -145,11 +146,11 @@ def test_originals_are_encrypted_at_rest_and_bound_to_their_tenant(
     secret = "The vault combination is 31-07-1999-ORCA."
     finance = service.tenants.get("finance")
     [outcome] = service.ingest(finance, [write(tmp_path, "vault.txt", secret)], "tester")
-    stored = service._file_path(finance, outcome.document_id).read_bytes()
+    stored = service._files.original_path(finance, outcome.document_id).read_bytes()
     assert b"ORCA" not in stored and b"vault" not in stored
-    assert service._read_original(finance, outcome.document_id).decode() == secret
+    assert service._files.read_original(finance, outcome.document_id).decode() == secret
     # Another tenant's key (or the same blob under another tenant) does not open it.
-    sales_key = crypto.tenant_key(service._master, "sales")
+    sales_key = crypto.tenant_key(crypto.master_key(service.settings), "sales")
     with pytest.raises(IngestionError):
         crypto.decrypt(sales_key, "sales", outcome.document_id, stored)
     key_file = service.settings.data_dir / crypto.MASTER_KEY_FILE
@@ -168,7 +169,7 @@ def test_reindex_rebuilds_from_stored_originals(service: KnowledgeService, tmp_p
     [outcome] = service.ingest(
         tenant, [write(tmp_path, "oncall.md", "# On-call\nThe pager rotates on Mondays.")], "t"
     )
-    delete_nodes(service._index(tenant).vector_store, None)  # only the originals remain
+    delete_nodes(service.vector_store(tenant), None)  # only the originals remain
     assert not service.retrieve(tenant, "when does the pager rotate")
     chunks = service.reindex(tenant)
     assert chunks == sum(d.chunks for d in service.list_documents(tenant)) >= 1
@@ -182,12 +183,12 @@ def test_demo_documents_are_ingested_once(tmp_path: Path) -> None:
     service = make_service(tmp_path)
     service.ensure_demo_documents()
     counts = {t.id: len(service.list_documents(t)) for t in service.tenants.all()}
-    expected = {t: len(list((DEMO_DOCS_DIR / t).iterdir())) for t in counts}
+    expected = {t: len(list((demo_docs_dir() / t).iterdir())) for t in counts}
     assert counts == expected and all(counts.values())
     service.ensure_demo_documents()
     assert {t.id: len(service.list_documents(t)) for t in service.tenants.all()} == counts
     sales = service.retrieve(service.tenants.get("sales"), "How much does the Team plan cost?")
-    assert sales and all(s.filename in os.listdir(DEMO_DOCS_DIR / "sales") for s in sales)
+    assert sales and all(s.filename in os.listdir(demo_docs_dir() / "sales") for s in sales)
 
 
 def test_open_stores_opens_each_tenant_and_survives_a_broken_one(
@@ -206,7 +207,7 @@ def test_open_stores_opens_each_tenant_and_survives_a_broken_one(
     others = [t for t in base.tenants.all() if t.id != "sales"]
     service = KnowledgeService(base.settings, TenantRegistry([sales, *others]))
     service.open_stores()
-    assert set(service._indexes) == {t.id for t in others}
+    assert service._indexes.opened() == {t.id for t in others}
     assert "document store of sales could not be opened" in caplog.text
     finance = service.tenants.get("finance")
     [outcome] = service.ingest(finance, [write(tmp_path, "q.txt", "Quarter close is day 5.")], "t")

@@ -130,9 +130,7 @@ def test_a_forged_tenant_object_gets_the_registry_tenant(
         display_name="Sales",
         description="",
         prompt=sales.prompt,
-        store_factory=lambda _tid, _dir: (
-            service._index(service.tenants.get("finance")).vector_store
-        ),
+        store_factory=lambda _tid, _dir: service.vector_store(service.tenants.get("finance")),
     )
     text, _ = _all_text(service, forged.id, "Project Halcyon reserve code")
     assert finance_canary not in text
@@ -213,7 +211,7 @@ def test_stray_vectors_in_a_store_are_never_returned(
     vector = embedding_model().get_text_embedding(text)
     for node in strays:
         node.embedding = vector
-    store = service._index(sales).vector_store
+    store = service.vector_store(sales)
     store.add(strays)
     try:
         raw = store.client.get(ids=[n.node_id for n in strays])

@@ -1,12 +1,18 @@
 """Per-tenant knowledge: a tenant's documents, from upload to retrieval.
 
-- `service`: ingest, list, delete, re-index and retrieve a tenant's documents.
+- `service`: `KnowledgeService`, the face the rest of core uses (ingest, list, delete,
+  re-index, retrieve); it hands each call to one of the modules below.
+- `tenant_files`: where a tenant's knowledge lives on disk, and its encrypted originals.
+- `indexes`: each tenant's vector index, opened once per process.
+- `ingestion`: the upload path (check, de-duplicate, quota, parse, chunk, store) and re-indexing.
+- `retrieval`: a question -> the tenant's most relevant chunks, as sources.
+- `demo`: the demo documents shipped in `assets/demo_docs/`.
 - `documents`: the document registry (one SQL row per stored document).
 - `uploads`: checks on an uploaded file before anything parses it.
 - `parsing`: file -> text parts, in a sandboxed worker process (time and memory limits).
 - `chunking`: parsed parts -> embedded chunks carrying our own metadata.
 - `vectorstore`: core's defaults for a tenant's vectors (embedding model, store, retriever).
 
-The upload path is uploads -> parsing -> chunking -> vectorstore, driven by `service`.
+The upload path is uploads -> parsing -> chunking -> vectorstore, driven by `ingestion`.
 This `__init__` only documents: import the submodules themselves.
 """

@@ -40,23 +40,7 @@ def build_nodes(
     FileTooLarge when the split gives more than `max_chunks` chunks: counted before
     embedding, which is what costs (seconds of CPU per hundred chunks).
     """
-    documents = [
-        Document(
-            id_=f"{document_id}:{number}",
-            text=part.text,
-            metadata={
-                TENANT_KEY: tenant_id,
-                DOCUMENT_KEY: document_id,
-                FILENAME_KEY: filename,
-                LOCATION_KEY: part.location,
-            },
-            # Our bookkeeping must not leak into the embedded text or the prompt.
-            excluded_embed_metadata_keys=list(_OUR_KEYS),
-            excluded_llm_metadata_keys=list(_OUR_KEYS),
-        )
-        for number, part in enumerate(parts)
-        if part.text.strip()
-    ]
+    documents = _documents(tenant_id, document_id, filename, parts)
     if not documents:
         return []
     splitter = SentenceSplitter(
@@ -74,6 +58,29 @@ def build_nodes(
         if not node.metadata.get(LOCATION_KEY):
             node.metadata[LOCATION_KEY] = f"part {number}"
     return nodes
+
+
+def _documents(
+    tenant_id: str, document_id: str, filename: str, parts: Sequence[Part]
+) -> list[Document]:
+    """One llama-index Document per non-empty part, carrying our metadata."""
+    return [
+        Document(
+            id_=f"{document_id}:{number}",
+            text=part.text,
+            metadata={
+                TENANT_KEY: tenant_id,
+                DOCUMENT_KEY: document_id,
+                FILENAME_KEY: filename,
+                LOCATION_KEY: part.location,
+            },
+            # Our bookkeeping must not leak into the embedded text or the prompt.
+            excluded_embed_metadata_keys=list(_OUR_KEYS),
+            excluded_llm_metadata_keys=list(_OUR_KEYS),
+        )
+        for number, part in enumerate(parts)
+        if part.text.strip()
+    ]
 
 
 def delete_filter(document_id: str) -> MetadataFilters:

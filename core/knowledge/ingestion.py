@@ -1,0 +1,218 @@
+"""The upload path: check, de-duplicate, quota, parse, chunk, store; and re-indexing.
+
+A file is stored completely or not at all: its encrypted original, its vectors and its
+registry row (core/knowledge/documents.py, the list of record) are written together, and any
+failure removes what was written for it. In a batch, one file's failure is its own outcome;
+the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.db import session_scope
+from core.errors import IngestionError, QuotaExceeded
+from core.knowledge import documents
+from core.knowledge.chunking import build_nodes, delete_filter
+from core.knowledge.documents import DocumentInfo, IngestOutcome
+from core.knowledge.indexes import TenantIndexes
+from core.knowledge.parsing import ParseLimits, Part, parse_in_sandbox
+from core.knowledge.tenant_files import TenantFiles
+from core.knowledge.uploads import SUPPORTED_TYPES, CheckedUpload, check_upload
+from core.knowledge.vectorstore import delete_nodes
+from core.tenancy import Tenant
+
+if TYPE_CHECKING:
+    from llama_index.core.schema import BaseNode
+
+_CHROMA_BATCH = 1000  # nodes per Chroma add()
+
+
+class Ingestion:
+    """Writes and rewrites tenants' documents: originals, vectors and registry rows."""
+
+    def __init__(self, settings: Settings, files: TenantFiles, indexes: TenantIndexes) -> None:
+        self._settings = settings
+        self._db_url = settings.resolved_database_url
+        self._files = files
+        self._indexes = indexes
+        self._quota_lock = threading.Lock()
+
+    def ingest(
+        self, tenant: Tenant, files: Sequence[Path], names: Sequence[str], uploaded_by: str
+    ) -> list[IngestOutcome]:
+        """Ingest each file under its display name; one outcome each, refusals included."""
+        if len(names) != len(files):
+            raise IngestionError("Each file needs exactly one name.")
+        outcomes = []
+        for path, name in zip(files, names, strict=True):
+            try:
+                outcomes.append(self._ingest_one(tenant, Path(path), name, uploaded_by))
+            except IngestionError as exc:
+                outcomes.append(IngestOutcome(filename=name, status="refused", error=exc.message))
+            except OSError as exc:
+                error = f"{name}: the file could not be read ({exc.strerror or exc})."
+                outcomes.append(IngestOutcome(filename=name, status="refused", error=error))
+        return outcomes
+
+    def remove(self, tenant: Tenant, document_id: str) -> None:
+        """Delete a document's vectors and original (its registry row is the caller's)."""
+        delete_nodes(self._indexes.get(tenant).vector_store, delete_filter(document_id))
+        self._files.remove_original(tenant, document_id)
+
+    def reindex(self, tenant: Tenant, infos: Sequence[DocumentInfo]) -> int:
+        """Rebuild the tenant's vectors from the stored originals of `infos`; the chunk count."""
+        settings = self._settings
+        rebuilt: list[tuple[str, list[BaseNode]]] = []
+        for info in infos:
+            data = self._files.read_original(tenant, info.id)
+            kind = SUPPORTED_TYPES[Path(info.filename).suffix.lower()]
+            parts = self._parse(tenant, CheckedUpload(name=info.filename, kind=kind, data=data))
+            chunk_args = (settings.chunk_size, settings.chunk_overlap)
+            nodes = build_nodes(tenant.id, info.id, info.filename, parts, *chunk_args)
+            rebuilt.append((info.id, nodes))
+        # Everything is parsed and embedded before the store is touched: a failure above
+        # leaves the old index intact. clear() also drops any orphaned vectors.
+        store = self._indexes.get(tenant).vector_store
+        delete_nodes(store, None)
+        with session_scope(self._db_url) as session:
+            for document_id, nodes in rebuilt:
+                if nodes:
+                    store.add(nodes)
+                row = documents.get_document(session, tenant.id, document_id)
+                if row is not None:
+                    row.chunks = len(nodes)
+        return sum(len(nodes) for _, nodes in rebuilt)
+
+    def _ingest_one(self, tenant: Tenant, path: Path, name: str, uploaded_by: str) -> IngestOutcome:
+        settings = self._settings
+        max_bytes = settings.max_upload_mb * 1024 * 1024
+        checked = check_upload(path, name, max_bytes, settings.max_document_chars)
+        sha256 = hashlib.sha256(checked.data).hexdigest()
+        duplicate = self._find_duplicate(tenant, checked.name, sha256)
+        if duplicate:
+            return duplicate
+        # Cheap checks first: a team at its quota costs no parse and no embedding.
+        with session_scope(self._db_url) as session:
+            self._check_quota(session, tenant, checked)
+        document_id = uuid.uuid4().hex
+        limits = ParseLimits(settings.max_document_chars, settings.max_pdf_pages)
+        parts = self._parse(tenant, checked, limits)
+        nodes = build_nodes(
+            tenant.id,
+            document_id,
+            checked.name,
+            parts,
+            settings.chunk_size,
+            settings.chunk_overlap,
+            settings.max_document_chunks,
+        )
+        if not nodes:
+            raise IngestionError(f"{checked.name}: no text could be extracted (a scanned image?).")
+        return self._store(tenant, document_id, checked, sha256, nodes, uploaded_by)
+
+    def _find_duplicate(self, tenant: Tenant, name: str, sha256: str) -> IngestOutcome | None:
+        with session_scope(self._db_url) as session:
+            row = documents.find_by_sha(session, tenant.id, sha256)
+            if row is None:
+                return None
+            return IngestOutcome(
+                filename=name, status="duplicate", chunks=row.chunks, document_id=row.id
+            )
+
+    def _check_quota(self, session: Session, tenant: Tenant, checked: CheckedUpload) -> None:
+        """QuotaExceeded if adding this file would put the team over its storage quota."""
+        quota = self._settings.team_storage_mb * 1024 * 1024
+        used = documents.stored_bytes(session, tenant.id)
+        if used + len(checked.data) > quota:
+            raise QuotaExceeded(
+                f"{checked.name}: {tenant.display_name} stores {used / 1e6:.1f} MB of "
+                f"documents; this file ({len(checked.data) / 1e6:.1f} MB) would pass the "
+                f"team's quota of {self._settings.team_storage_mb} MB. Delete documents the "
+                "team no longer needs, or ask an administrator to raise the quota."
+            )
+
+    def _parse(
+        self, tenant: Tenant, checked: CheckedUpload, limits: ParseLimits | None = None
+    ) -> list[Part]:
+        # Parse exactly the bytes that were checked, from a private copy: the caller's path
+        # could change underneath us, and the worker must never be pointed at user paths.
+        fd, tmp_name = tempfile.mkstemp(dir=self._files.scratch_dir(tenant))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(checked.data)
+            return parse_in_sandbox(
+                Path(tmp_name),
+                checked.kind,
+                checked.name,
+                self._settings.parse_timeout_seconds,
+                self._settings.parse_memory_mb,
+                limits,
+            )
+        finally:
+            os.unlink(tmp_name)
+
+    def _store(
+        self,
+        tenant: Tenant,
+        document_id: str,
+        checked: CheckedUpload,
+        sha256: str,
+        nodes: list[BaseNode],
+        uploaded_by: str,
+    ) -> IngestOutcome:
+        """Write the encrypted original, the vectors and the registry row, or none of them."""
+        self._files.write_original(tenant, document_id, checked.data)
+        store = self._indexes.get(tenant).vector_store
+        try:
+            # Chroma refuses batches over its max batch size (5461 on SQLite); big files
+            # come in slices, still removed as a whole if anything below fails.
+            for start in range(0, len(nodes), _CHROMA_BATCH):
+                store.add(nodes[start : start + _CHROMA_BATCH])
+            # Checked again where the row is written, one writer at a time: two uploads
+            # that each fit must not pass the quota together.
+            with self._quota_lock, session_scope(self._db_url) as session:
+                self._check_quota(session, tenant, checked)
+                row = _registry_row(tenant, document_id, checked, sha256, len(nodes), uploaded_by)
+                session.add(row)
+        except BaseException as exc:
+            self.remove(tenant, document_id)
+            if isinstance(exc, IntegrityError):  # the same content won a concurrent race
+                dup = self._find_duplicate(tenant, checked.name, sha256)
+                if dup:
+                    return dup
+            raise
+        return IngestOutcome(
+            filename=checked.name, status="indexed", chunks=len(nodes), document_id=document_id
+        )
+
+
+def _registry_row(
+    tenant: Tenant,
+    document_id: str,
+    checked: CheckedUpload,
+    sha256: str,
+    chunks: int,
+    uploaded_by: str,
+) -> documents.DocumentRow:
+    return documents.DocumentRow(
+        id=document_id,
+        tenant_id=tenant.id,
+        filename=checked.name,
+        sha256=sha256,
+        size=len(checked.data),
+        chunks=chunks,
+        uploaded_by=uploaded_by,
+        uploaded_at=documents.utcnow(),
+    )
