@@ -1,13 +1,9 @@
-"""Rate limits and per-tenant concurrency caps.
+"""Rate-limit counters and per-tenant generation slots: no HTTP here.
 
-- HTTP routes: the slowapi `Limiter` (`Limits.limiter`; decorate routes with
-  `limits.limiter.limit("5/minute")`). Its key is the authenticated principal, never a
-  client-supplied header such as X-Forwarded-For; unauthenticated routes (sign-in) fall back to
-  the socket peer address. A refusal answers 429 with `Retry-After` and `x-ratelimit-*`
-  headers and is audited (`install_rate_limits`).
-- Inside handlers (Gradio, the chat turn): `Limits.check(principal, tenant_id)` hits the same
-  `limits` storage with the per-user and per-tenant limits from Settings and raises
-  `RateLimited(retry_after)`; the caller audits it (core/chat/turn.py does).
+- `Limits.check(principal, tenant_id)` counts one chat request (Gradio, the API, the CLI all
+  go through the chat turn) against the per-user and per-tenant limits from Settings and
+  raises `RateLimited(retry_after)`; the caller audits it (core/chat/turn.py does).
+  Limits on HTTP routes (slowapi, e.g. sign-in) are the web app's: core/server.py.
 - Storage: in-process by default; Redis when `TENANTLLM_REDIS_URL` is set, so several app
   processes share one budget. If Redis fails, limits are still enforced per process.
 - `generation_slot(tenant_id)`: at most `tenant_max_concurrency` generations of one tenant run
@@ -23,38 +19,17 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
-from slowapi import Limiter, _rate_limit_exceeded_handler
-from slowapi.errors import RateLimitExceeded
-from slowapi.util import get_remote_address
 
 from core.config import Settings
 from core.errors import ConfigError, RateLimited
 from core.identity import Principal
 
-if TYPE_CHECKING:
-    from core.services import Services
-
 log = logging.getLogger(__name__)
 DEFAULT_SLOT_WAIT_SECONDS = 10.0
-
-
-def principal_key(request: Request) -> str:
-    """slowapi key: the authenticated principal; the peer address only when there is none."""
-    principal = getattr(request.state, "principal", None)
-    if principal is None:
-        from core.auth.principal import principal_from_request
-
-        principal = principal_from_request(request)
-    if isinstance(principal, Principal):
-        return f"principal:{principal.subject}"
-    return f"ip:{get_remote_address(request)}"  # the socket peer, not X-Forwarded-For
 
 
 def _parse(value: str, name: str) -> RateLimitItem:
@@ -74,17 +49,14 @@ class Limits:
         key_prefix: str = "tenantllm",
         slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
     ) -> None:
-        """Build the limiter on Redis (`settings.redis_url`) or in memory."""
+        """Count on Redis (`settings.redis_url`) or in memory."""
         self.settings = settings
         self.key_prefix = key_prefix
         self.user_limit = _parse(settings.rate_limit_user, "rate_limit_user")
         self.tenant_limit = _parse(settings.rate_limit_tenant, "rate_limit_tenant")
-        self.limiter = Limiter(
-            key_func=principal_key,
-            headers_enabled=True,
-            storage_uri=settings.redis_url or "memory://",
-            key_prefix=key_prefix,
-        )
+        # Fixed windows, as slowapi counts the HTTP routes' limits.
+        storage = storage_from_string(settings.redis_url or "memory://")
+        self._strategy: RateLimiter = FixedWindowRateLimiter(storage)
         self._fallback: RateLimiter = FixedWindowRateLimiter(MemoryStorage())
         self.slot_wait_seconds = slot_wait_seconds
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -96,7 +68,7 @@ class Limits:
 
     def _hit(self, item: RateLimitItem, *ids: str) -> tuple[bool, float]:
         """Count one request; (allowed, reset epoch). Falls back to memory if Redis fails."""
-        strategy: RateLimiter = self.limiter.limiter
+        strategy = self._strategy
         try:
             allowed = strategy.hit(item, self.key_prefix, *ids)
             reset = strategy.get_window_stats(item, self.key_prefix, *ids).reset_time
@@ -128,7 +100,7 @@ class Limits:
 
     def reset(self) -> None:
         """Forget every counter (tests, operators)."""
-        self.limiter.reset()
+        self._strategy.storage.reset()
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
 
     def generation_slot(self, tenant_id: str) -> AbstractAsyncContextManager[None]:
@@ -160,44 +132,3 @@ class Limits:
         if slot is None:
             return 0
         return self.settings.tenant_max_concurrency - slot._value
-
-
-def install_rate_limits(app: FastAPI, services: Services) -> None:
-    """Attach the limiter to `app`; 429 answers carry Retry-After and are audited."""
-    from core.api.errors import error_response
-    from core.audit.auditor import AuditEvent
-
-    app.state.limiter = services.limits.limiter
-
-    async def slowapi_refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RateLimitExceeded)
-        response = _rate_limit_exceeded_handler(request, exc)
-        services.auditor.record(_refusal_event(AuditEvent, request, str(exc.detail)))
-        return response
-
-    async def handler_refused(request: Request, exc: Exception) -> Response:
-        # Raised by Limits.check / generation_slot in a plain route: the raiser audits it.
-        assert isinstance(exc, RateLimited)
-        return error_response(exc)  # the one OpenAI error body, with Retry-After
-
-    app.add_exception_handler(RateLimitExceeded, slowapi_refused)
-    app.add_exception_handler(RateLimited, handler_refused)
-
-
-def _refusal_event(event_cls: Any, request: Request, detail: str) -> Any:
-    principal = getattr(request.state, "principal", None)
-    if principal is None:
-        from core.auth.principal import principal_from_request
-
-        principal = principal_from_request(request)
-    return event_cls(
-        action=f"http:{request.url.path}"[:64],
-        outcome="rate_limited",
-        status=429,
-        user_sub=principal.subject if principal else None,
-        user_email=principal.email if principal else None,
-        client_ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
-        error_class="RateLimitExceeded",
-        detail=detail[:500],
-    )

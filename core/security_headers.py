@@ -1,6 +1,6 @@
 """Security headers on every response: CSP, anti-framing, nosniff, referrer policy, HSTS.
 
-Owner: the web layer (installed last in `core.server.create_app`, so it wraps every other
+Owner: the web layer (outermost in `core.server.middleware`, so it wraps every other
 middleware, the API, the sign-in pages and the mounted Gradio app). Invariant: even if the
 renderer (core/ui/render.py) ever let an `<img src=https://attacker/?q=...>` through, the
 browser fetches nothing from another origin (`img-src 'self' data:`, `connect-src 'self'`),
@@ -25,8 +25,8 @@ import re
 import secrets
 from urllib.parse import urlsplit
 
-from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
@@ -138,10 +138,10 @@ def _is_plain_html(headers: MutableHeaders) -> bool:
     return headers.get("content-type", "").startswith("text/html") and not encoded
 
 
-def install_security_headers(app: Starlette, settings: Settings) -> None:
-    """Wrap `app` (call after every other `add_middleware`: the last added runs outermost)."""
+def security_headers_middleware(settings: Settings) -> Middleware:
+    """The headers for this deployment (core/server.py puts it outermost in the stack)."""
     idp = origin_of(settings.oidc_issuer)
-    app.add_middleware(
+    return Middleware(
         SecurityHeadersMiddleware,
         form_targets=[idp] if idp else [],
         hsts=settings.mode == "production",

@@ -12,7 +12,7 @@ from core.audit.auditor import Auditor
 from core.auth.group_mapping import GroupMapping
 from core.config import Settings
 from core.db import upgrade_database
-from core.engine.base import Engine, create_engine
+from core.engine import Engine, create_engine
 from core.knowledge.service import KnowledgeService
 from core.limits import Limits
 from core.plugins import load_tenants
@@ -32,11 +32,25 @@ class Services:
     engine: Engine | None = None
 
 
-def build_services(settings: Settings, *, with_engine: bool = False) -> Services:
-    """Prepare the database schema and build every service (the engine is not started)."""
+def build_services(
+    settings: Settings,
+    *,
+    tenants: TenantRegistry | None = None,
+    engine: Engine | None = None,
+    with_engine: bool = False,
+) -> Services:
+    """Prepare the database schema and build every service (the engine is not started).
+
+    `tenants`: these instead of the installed plugins' (the benchmark's own tenants).
+    `engine`: this engine (one shared by several builds); else `with_engine` creates one
+    for `settings`, and without either there is none (CLI commands that do not generate).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
-    tenants = load_tenants(settings)
+    if tenants is None:
+        tenants = load_tenants(settings)
+    if engine is None and with_engine:
+        engine = create_engine(settings)
     return Services(
         settings=settings,
         tenants=tenants,
@@ -44,5 +58,5 @@ def build_services(settings: Settings, *, with_engine: bool = False) -> Services
         auditor=Auditor(settings),
         limits=Limits(settings),
         groups=GroupMapping(settings),
-        engine=create_engine(settings) if with_engine else None,
+        engine=engine,
     )

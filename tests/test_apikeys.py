@@ -137,3 +137,30 @@ def test_cli_create_list_revoke_is_audited(tmp_path: Path) -> None:
     actor = f"local:{getpass.getuser()}"
     ops = sorted((e.action, e.user_sub) for e in page.rows)
     assert ops == [("api_key_create", actor), ("api_key_revoke", actor)]
+
+
+async def test_two_apps_in_one_process_each_use_their_own_auth(
+    tmp_path: Path, oidc_issuer: str
+) -> None:
+    # No process-wide auth state: the app built last must not decide for the one built first.
+    first, first_services = build_auth_app(make_auth_settings(tmp_path / "a", oidc_issuer))
+    second, second_services = build_auth_app(make_auth_settings(tmp_path / "b", oidc_issuer))
+    assert first.state.auth is not second.state.auth
+    keys = {
+        "first": apikeys.create_key(first_services.settings, tenant_id="sales", created_by="t"),
+        "second": apikeys.create_key(second_services.settings, tenant_id="finance", created_by="t"),
+    }
+    async with app_client(first) as one, app_client(second) as two:
+        for client, own, other, tenant in ((one, "first", "second", "sales"),
+                                           (two, "second", "first", "finance")):  # fmt: skip
+            mine = await client.get(
+                "/v1/whoami", headers={"Authorization": f"Bearer {keys[own].secret}"}
+            )
+            assert mine.status_code == 200 and mine.json()["tenant_roles"] == {tenant: "member"}
+            theirs = await client.get(
+                "/v1/whoami", headers={"Authorization": f"Bearer {keys[other].secret}"}
+            )
+            assert theirs.status_code == 401, theirs.text  # the other app's key store
+    # Each app audits its own refusal, in its own log.
+    for services in (first_services, second_services):
+        assert services.auditor.actions("denied") == ["bearer_auth"]

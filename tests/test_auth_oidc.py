@@ -189,7 +189,7 @@ def test_wants_html_tells_browsers_from_programs() -> None:
 
 
 def test_next_after_sign_in_is_local_only() -> None:
-    from core.auth.principal import safe_next
+    from core.auth.routes import safe_next
 
     assert safe_next("/documents?x=1") == "/documents?x=1"
     for bad in (None, "", "https://evil.example/", "//evil.example", "/\\evil.example", "x"):

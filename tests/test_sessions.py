@@ -116,7 +116,7 @@ async def test_revoked_at_idp_ends_the_session(tmp_path: Path, oidc_issuer: str)
 async def test_unreachable_idp_keeps_groups_for_one_more_interval(
     tmp_path: Path, oidc_issuer: str
 ) -> None:
-    from core.auth.bearer import IdentityProvider
+    from core.auth.idp import IdentityProvider
 
     settings = make_auth_settings(tmp_path, oidc_issuer, groups_refresh_seconds=5)
     app, _ = build_auth_app(settings)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.api.errors import error_response
 from core.errors import RequestTooLarge
+from core.web import declared_length, error_response
 
 
 class BodyTooLarge(HTTPException):
@@ -32,17 +32,6 @@ def _message(max_bytes: int) -> str:
         f"The request body is over the limit of {max_bytes:,} bytes "
         "(TENANTLLM_API_MAX_BODY_BYTES); send a shorter conversation."
     )
-
-
-def declared_length(scope: Scope) -> int | None:
-    """The request's Content-Length, or None when absent or malformed."""
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server refuses a malformed length before we get here
-    return None
 
 
 class BodyLimit:

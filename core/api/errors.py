@@ -5,6 +5,14 @@ names the parameter) and `TenantLLMError`s into `{"error": {"message", "type", "
 "param"}}` answers, adds `Retry-After` / `x-ratelimit-*` to 429s, and answers anything
 unexpected with a generic 500 (logged with its traceback) so the app keeps serving. Doing it in
 the route class keeps the API's error shape independent of the app's global handlers.
+
+`core.web.error_body` is the one place that body is built. Every /v1 error goes through it:
+the route class, the `/v1` fallback (unknown path 404, wrong method 405), `core.api.body`'s 413, a
+refused or missing bearer credential (raised in the route's dependency), `RateLimited` (the
+route class, or core/server.py's app-wide handler), and an error in the middle of a stream
+(core/api/stream.py). Two refusals happen before any route and answer plain text on every
+path: a wrong Host (Starlette's TrustedHostMiddleware) and a cross-origin state change
+(core/auth/cross_site.py).
 """
 
 from __future__ import annotations
@@ -27,45 +35,25 @@ from core.errors import (
     NotAuthenticated,
     NotFound,
     PermissionDenied,
-    RateLimited,
     RequestTooLarge,
     TenantLLMError,
     TenantNotFound,
 )
+from core.web import error_body, error_response
 
 log = logging.getLogger(__name__)
-INTERNAL_ERROR: dict[str, Any] = {
-    "error": {
-        "message": "Internal error; it has been logged.",
-        "type": "server_error",
-        "code": "internal_error",
-        "param": None,
-    }
-}
 
 
-def error_body(err: TenantLLMError, param: str | None = None) -> dict[str, Any]:
-    """The OpenAI error body for a user-facing error."""
-    return {
-        "error": {"message": err.message, "type": err.error_type, "code": err.code, "param": param}
-    }
+class InternalError(TenantLLMError):
+    """An unexpected failure: logged with its traceback, answered without any detail."""
+
+    status = 500
+    code = "internal_error"
+    error_type = "server_error"
 
 
-def error_response(err: TenantLLMError, param: str | None = None) -> JSONResponse:
-    """A JSON error answer with the error's status and the headers clients rely on."""
-    headers: dict[str, str] = {}
-    if isinstance(err, RateLimited):
-        headers = {
-            "Retry-After": str(err.retry_after),
-            "x-ratelimit-limit-requests": err.limit or "unknown",
-            "x-ratelimit-remaining-requests": "0",
-            "x-ratelimit-reset-requests": f"{err.retry_after}s",
-        }
-    elif isinstance(err, NotAuthenticated):
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(err, MethodNotAllowed):
-        headers = {"Allow": ", ".join(err.allowed)}
-    return JSONResponse(error_body(err, param), status_code=err.status, headers=headers)
+#: The body of every unexpected failure (a route's, or a stream's after its status line).
+INTERNAL_ERROR = error_body(InternalError("Internal error; it has been logged."))
 
 
 def http_error_response(exc: HTTPException) -> JSONResponse:
@@ -115,15 +103,13 @@ def audit_refusal(request: Request, err: TenantLLMError, tenant_id: str | None =
     principal = getattr(request.state, "principal", None)
     path = request.url.path
     services.auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            request,
             action="api_chat" if path.endswith("/chat/completions") else "api_models",
             outcome="denied" if isinstance(err, _DENIALS) else "error",
-            user_sub=principal.subject if principal is not None else None,
-            user_email=principal.email if principal is not None else None,
+            principal=principal,
             tenant_id=tenant_id,
             status=err.status,
-            client_ip=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
             error_class=type(err).__name__,
             detail=err.message[:500],
         )
@@ -155,7 +141,7 @@ class OpenAIRoute(APIRoute):
                 return http_error_response(exc)
             except Exception:
                 log.exception("unexpected error in %s %s", request.method, request.url.path)
-                return JSONResponse(INTERNAL_ERROR, status_code=500)
+                return JSONResponse(INTERNAL_ERROR, status_code=InternalError.status)
 
         return route
 

@@ -32,9 +32,10 @@ from core.api.stream import (
     first_chunk,
     sse_events,
 )
-from core.auth.bearer import record_refusal
-from core.auth.principal import principal_from_bearer
-from core.chat.turn import ChatRequest, start_chat_turn
+from core.audit.auditor import caller_of
+from core.auth.bearer import AuthRuntime, principal_from_bearer, record_refusal
+from core.chat.request import ChatRequest
+from core.chat.turn import start_chat_turn
 from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
 from core.identity import Principal
 from core.rbac import authorize, is_allowed
@@ -65,9 +66,9 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _caller(request: Request) -> tuple[str | None, str | None]:
-    """Client address and user agent, for the audit row of a refused credential."""
-    return (request.client.host if request.client else None, request.headers.get("user-agent"))
+def _auth(request: Request) -> AuthRuntime:
+    auth: AuthRuntime = request.app.state.auth  # this app's, set by core.server.create_app
+    return auth
 
 
 def _api_action(request: Request) -> str:
@@ -83,11 +84,11 @@ async def current_principal(
             "Missing credential: send 'Authorization: Bearer <API key or access token>'."
         )
         # Through the refusal log: a flood of credential-less calls costs a few rows too.
-        record_refusal(err, *_caller(request), action=_api_action(request))
+        record_refusal(_auth(request), err, *caller_of(request), action=_api_action(request))
         raise err
     # Key lookups hit the database and JWT checks may fetch the IdP's keys: not on the loop.
     principal = await run_in_threadpool(
-        principal_from_bearer, credentials.credentials, *_caller(request)
+        principal_from_bearer, _auth(request), credentials.credentials, *caller_of(request)
     )
     request.state.principal = principal  # for auditing refusals that happen after this
     return principal
@@ -149,6 +150,7 @@ async def chat_completions(
     """A chat completion from the tenant named by `model`, with RAG over its documents."""
     services = _services(request)
     history = [{"role": m.role, "content": m.text()} for m in body.messages[:-1]]
+    client_ip, user_agent = caller_of(request)
     chat_request = ChatRequest(
         tenant_id=body.model,
         question=body.messages[-1].text(),
@@ -159,8 +161,8 @@ async def chat_completions(
         stop=body.stop_tuple(),
         seed=body.seed,
         channel="api",
-        client_ip=request.client.host if request.client else None,
-        user_agent=request.headers.get("user-agent"),
+        client_ip=client_ip,
+        user_agent=user_agent,
     )
     turn = await start_chat_turn(services, principal, chat_request)
     headers = {"x-request-id": turn.request_id}

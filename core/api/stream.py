@@ -20,11 +20,12 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from core.api.errors import INTERNAL_ERROR, error_body
+from core.api.errors import INTERNAL_ERROR
 from core.api.schemas import ChatCompletion, ChatCompletionChunk, SourceOut, TenantLLMExtension
 from core.chat.turn import ChatTurn
 from core.engine.base import GenerationChunk
 from core.errors import TenantLLMError
+from core.web import error_body
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Cross-site requests: CORS for configured origins only, and no cross-origin state changes.
 
-Two layers, both installed by `install_cross_site` (core/auth/principal.py calls it):
+Two layers, both from `cross_site_middleware` (core/server.py puts them in the app's stack):
 
 - CORS: Starlette's `CORSMiddleware` with `Settings.cors_origins` (empty by default: same
   origin only). Its presence also switches off Gradio's own `CustomCORSMiddleware`, which
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -75,16 +75,18 @@ class CrossOriginProtection:
         return origin.split("://", 1)[-1] == headers.get("host", "").lower()
 
 
-def install_cross_site(app: FastAPI, settings: Settings) -> None:
-    """Add CORS (configured origins only) and cross-origin protection to `app`."""
+def cross_site_middleware(settings: Settings) -> list[Middleware]:
+    """CORS (configured origins only), then cross-origin protection (outermost first)."""
     origins = list(settings.cors_origins)
     public = origin_of(settings.public_url)
-    app.add_middleware(CrossOriginProtection, trusted_origins=[*origins, public])
-    # Added after: runs first, so a preflight from an allowed origin is answered here.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=origins,
-        allow_credentials=True,
-        allow_methods=["GET", "POST"],
-        allow_headers=["authorization", "content-type"],
-    )
+    return [
+        # First: a preflight from an allowed origin is answered before the protection runs.
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        ),
+        Middleware(CrossOriginProtection, trusted_origins=[*origins, public]),
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,8 +115,6 @@ def start_demo_idp(port: int, *, token_max_age: int | None = None) -> Iterator[s
 
 def _drain(proc: subprocess.Popen[bytes]) -> None:
     # The provider logs every request; an unread pipe would fill up and stall it.
-    import threading
-
     def pump() -> None:
         if proc.stdout is not None:
             for _line in proc.stdout:

@@ -23,9 +23,9 @@ import yaml
 from core.config import Settings
 from core.errors import ConfigError
 from core.identity import GLOBAL_ROLES, TENANT_ROLES, Role, merge_role
+from core.resources import project_path
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,14 @@ class GroupRule:
 
 
 def resolve_mapping_path(path: Path) -> Path:
-    """An absolute path: relative paths are tried in the working dir, then the repo root."""
+    """An absolute path: relative paths are tried in the working dir, then beside the code.
+
+    "Beside the code" is the checkout's root, or the installed package holding `assets/`: the
+    default `assets/group_mapping.yaml` is found from a wheel too (core/resources.py).
+    """
     if path.is_absolute() or path.exists():
         return path.resolve()
-    return (REPO_ROOT / path).resolve()
+    return project_path(path).resolve()
 
 
 def parse_mapping(data: Any, source: str) -> list[GroupRule]:

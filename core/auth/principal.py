@@ -1,24 +1,19 @@
-"""Sign-in: OIDC (authlib) in the browser, server-side sessions, bearer credentials.
+"""Request -> principal: the browser session's (cookie) or, through core/auth/bearer.py, a
+bearer credential's.
 
-`install_auth(app, services)` adds to a FastAPI app:
-- `/login` -> the IdP (authorization code + PKCE S256, state, nonce), `/auth/callback`
-  (ID token checked: signature via JWKS with one refetch on an unknown kid, iss, aud, exp,
-  nonce), `POST /logout` with the session's CSRF token (ends the server-side session, then
-  RP-initiated logout at the IdP, by client id, when it has an `end_session_endpoint`),
-  `/auth/signed-out`;
-- Starlette `SessionMiddleware` (signed cookie: HttpOnly, SameSite=Lax, Secure in production)
-  holding only a random session secret and the subject; the session itself is a database row
-  (core/auth/sessions.py), so sign-out also kills copies of the cookie;
-- a middleware that re-reads the user's groups from the IdP (userinfo, or the refresh token
-  when the access token expired) every `groups_refresh_seconds`; if the IdP refuses, the
-  session ends; if it is unreachable, the old groups stay valid for one more interval, then
-  the user must sign in again;
-- `TrustedHostMiddleware` (Settings.allowed_hosts), CORS for `Settings.cors_origins` only and
-  cross-origin protection for state-changing requests (core/auth/cross_site.py), the rate limiter
-  (core/limits.py), and the refusal log that audits refused bearer credentials
-  (core/audit/refusals.py);
-- SIGHUP re-reads the group mapping.
-Sign-ins (ok and refused), sign-outs and ended sessions are audited here.
+- `session_middleware(settings, runtime)`: the two middlewares that make sessions work, in
+  their order: Starlette `SessionMiddleware` (signed cookie: HttpOnly, SameSite=Lax, Secure in
+  production) holding only a random session secret and the subject (the session itself is a
+  database row, core/auth/sessions.py, so sign-out also kills copies of the cookie), then
+  `SessionPrincipalMiddleware`, which puts the app's `AuthRuntime` and the request's principal
+  into the ASGI scope. core/server.py places them in the app's stack.
+- The principal middleware re-reads the user's groups from the IdP (userinfo, or the refresh
+  token when the access token expired) every `groups_refresh_seconds`; if the IdP refuses, the
+  session ends (audited); if it is unreachable, the old groups stay valid for one more
+  interval, then the user must sign in again.
+- `principal_from_request(request)` reads the principal the middleware computed (sync, cheap:
+  Gradio calls it on every route); `logout_token_of(request)` the sign-out form's CSRF token.
+The sign-in routes are core/auth/routes.py.
 """
 
 from __future__ import annotations
@@ -27,28 +22,16 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import Request
+from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.audit.auditor import AuditEvent
-from core.audit.refusals import RefusalLog
-from core.auth.bearer import (
-    AuthRuntime,
-    IdentityProvider,
-    IdpRefused,
-    IdpUnavailable,
-    activate,
-    active_runtime,
-    groups_from_claims,
-    principal_from_bearer,
-)
-from core.auth.cross_site import install_cross_site
+from core.auth.bearer import AuthRuntime
+from core.auth.idp import IdpRefused, IdpUnavailable, groups_from_claims
 from core.auth.sessions import (
     SessionRecord,
     csrf_token,
@@ -57,17 +40,14 @@ from core.auth.sessions import (
     update_groups,
     utcnow,
 )
+from core.config import Settings
 from core.identity import Principal
-from core.limits import install_rate_limits
-
-if TYPE_CHECKING:
-    from core.services import Services
 
 __all__ = [
-    "install_auth",
     "logout_token_of",
-    "principal_from_bearer",
     "principal_from_request",
+    "runtime_of",
+    "session_middleware",
     "wants_html",
 ]
 
@@ -86,9 +66,14 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _runtime_of(request: Request) -> AuthRuntime | None:
+def runtime_of(request: Request) -> AuthRuntime | None:
+    """The auth state of the app this request came in through (None: no sign-in there).
+
+    Read from the ASGI scope, where `SessionPrincipalMiddleware` put it, not from
+    `request.app`: inside the mounted Gradio app `request.app` is Gradio's own app.
+    """
     runtime = request.scope.get(RUNTIME_KEY)
-    return runtime if isinstance(runtime, AuthRuntime) else active_runtime()
+    return runtime if isinstance(runtime, AuthRuntime) else None
 
 
 def principal_from_request(request: Request) -> Principal | None:
@@ -99,7 +84,7 @@ def principal_from_request(request: Request) -> Principal | None:
     if PRINCIPAL_KEY in request.scope:
         cached = request.scope[PRINCIPAL_KEY]
         return cached if isinstance(cached, Principal) else None
-    runtime = _runtime_of(request)
+    runtime = runtime_of(request)
     session = request.scope.get("session")
     if runtime is None or not isinstance(session, dict):
         return None
@@ -115,7 +100,7 @@ def principal_from_request(request: Request) -> Principal | None:
 def logout_token_of(request: Request | None) -> str:
     """The CSRF token the sign-out form of this request's session must send ('' if none)."""
     session = request.scope.get("session") if request is not None else None
-    runtime = _runtime_of(request) if request is not None else None
+    runtime = runtime_of(request) if request is not None else None
     secret = session.get("sid") if isinstance(session, dict) else None
     if runtime is None or not isinstance(secret, str):
         return ""
@@ -129,10 +114,6 @@ def _principal_of(runtime: AuthRuntime, record: SessionRecord) -> Principal:
 def _stale(runtime: AuthRuntime, record: SessionRecord, intervals: int) -> bool:
     age = utcnow() - record.groups_refreshed_at
     return age >= timedelta(seconds=runtime.services.settings.groups_refresh_seconds * intervals)
-
-
-def _audit(runtime: AuthRuntime, action: str, outcome: Any, **fields: Any) -> None:
-    runtime.services.auditor.record(AuditEvent(action=action, outcome=outcome, **fields))
 
 
 async def refresh_groups(runtime: AuthRuntime, record: SessionRecord) -> SessionRecord | None:
@@ -153,15 +134,18 @@ async def refresh_groups(runtime: AuthRuntime, record: SessionRecord) -> Session
             raise IdpRefused("userinfo names another subject")
     except IdpRefused as exc:
         await asyncio.to_thread(revoke_session, settings, record.id)
-        _audit(
-            runtime,
-            "session_end",
-            "denied",
-            user_sub=record.subject,
-            user_email=record.email,
-            status=401,
-            error_class="IdpRefused",
-            detail=f"identity provider refused the group refresh: {exc}",
+        # No request here (the refresh runs for the session, not for one caller's call).
+        runtime.services.auditor.record(
+            AuditEvent.from_request(
+                None,
+                action="session_end",
+                outcome="denied",
+                user_sub=record.subject,
+                user_email=record.email,
+                status=401,
+                error_class="IdpRefused",
+                detail=f"identity provider refused the group refresh: {exc}",
+            )
         )
         return None
     except IdpUnavailable as exc:
@@ -200,71 +184,24 @@ class SessionPrincipalMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Put the runtime and the request's principal into the ASGI scope."""
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             scope[RUNTIME_KEY] = self.runtime
-            session = scope.get("session")
-            if isinstance(session, dict):
-                scope[PRINCIPAL_KEY] = await session_principal(self.runtime, session)
+        session = scope.get("session")
+        if scope["type"] == "http" and isinstance(session, dict):
+            scope[PRINCIPAL_KEY] = await session_principal(self.runtime, session)
         await self.app(scope, receive, send)
 
 
-def _allowed_hosts(services: Services) -> list[str]:
-    hosts = list(services.settings.allowed_hosts)
-    public = urlsplit(services.settings.public_url).hostname
-    if public and public not in hosts:
-        hosts.append(public)
-    return hosts
-
-
-def install_auth(app: FastAPI, services: Services, *, idp: IdentityProvider | None = None) -> None:
-    """Add sign-in routes, sessions, bearer support, rate limits and TrustedHost to `app`."""
-    from core.auth.routes import add_auth_routes, make_oauth_client
-
-    settings = services.settings
-    idp = idp or IdentityProvider(
-        settings.oidc_issuer,
-        settings.oidc_client_id,
-        settings.oidc_client_secret,
-        settings.oidc_audience,
-    )
-    refusals = RefusalLog(services.auditor, settings.refusal_audit_window_seconds)
-    runtime = AuthRuntime(services=services, idp=idp, refusals=refusals)
-    activate(runtime)
-    app.state.auth = runtime
-    install_rate_limits(app, services)
-    add_auth_routes(app, runtime, make_oauth_client(settings))
-    # Starlette runs the last added middleware first: TrustedHost, CORS, cross-origin
-    # protection, sessions, then ours.
-    app.add_middleware(SessionPrincipalMiddleware, runtime=runtime)
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=settings.secret_key,
-        session_cookie=SESSION_COOKIE,
-        max_age=settings.session_max_age_seconds,
-        same_site="lax",
-        https_only=settings.mode == "production",
-    )
-    install_cross_site(app, settings)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts(services))
-    services.groups.install_sighup()
-
-
-def signed_out_page(message: str, status: int = 200) -> HTMLResponse:
-    """A minimal page with a sign-in link (sign-out, refused sign-in)."""
-    body = (
-        "<!doctype html><html><head><title>tenantllm</title></head><body>"
-        f"<p>{message}</p><p><a href='/login'>Sign in</a></p></body></html>"
-    )
-    return HTMLResponse(body, status_code=status)
-
-
-def safe_next(value: str | None) -> str:
-    """A local path to return to after sign-in ('/' for anything else: no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    return value
-
-
-def redirect(url: str, status: int = 302) -> Response:
-    """A redirect (303 after a POST: the browser follows it with a GET)."""
-    return RedirectResponse(url, status_code=status)
+def session_middleware(settings: Settings, runtime: AuthRuntime) -> list[Middleware]:
+    """The signed session cookie, then the principal it names (outermost first)."""
+    return [
+        Middleware(
+            SessionMiddleware,
+            secret_key=settings.secret_key,
+            session_cookie=SESSION_COOKIE,
+            max_age=settings.session_max_age_seconds,
+            same_site="lax",
+            https_only=settings.mode == "production",
+        ),
+        Middleware(SessionPrincipalMiddleware, runtime=runtime),
+    ]

@@ -1,6 +1,11 @@
 """The browser sign-in routes: `/login`, `/auth/callback`, `/logout`, `/auth/signed-out`.
 
-Part of core/auth/principal.py (split for size); see its docstring for the whole picture.
+`add_auth_routes(app, runtime, client, limiter)` registers them: `/login` -> the IdP
+(authorization code + PKCE S256, state, nonce), `/auth/callback` (ID token checked: signature
+via JWKS with one refetch on an unknown kid, iss, aud, exp, nonce; then a fresh server-side
+session, core/auth/sessions.py), `POST /logout`, `/auth/signed-out`. Sign-in is limited per
+client address (`LOGIN_RATE_LIMIT`, on the app's slowapi limiter: core/server.py). Sign-ins
+(ok and refused) and sign-outs are audited here.
 
 Sign-out changes state, so it is `POST /logout` with the session's CSRF token (a form field,
 core/auth/sessions.py `csrf_token`), behind the cross-origin check of core/auth/cross_site.py. `GET
@@ -18,12 +23,14 @@ from typing import Any
 import httpx
 from authlib.integrations.starlette_client import OAuth, OAuthError, StarletteOAuth2App
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from joserfc.errors import JoseError
+from slowapi import Limiter
 from slowapi.util import get_remote_address
 
 from core.audit.auditor import AuditEvent
-from core.auth.bearer import AuthRuntime, groups_from_claims
+from core.auth.bearer import AuthRuntime
+from core.auth.idp import groups_from_claims
 from core.auth.sessions import (
     create_session,
     csrf_token,
@@ -66,13 +73,6 @@ def _claims_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _client_fields(request: Request) -> dict[str, Any]:
-    return {
-        "client_ip": request.client.host if request.client else None,
-        "user_agent": request.headers.get("user-agent"),
-    }
-
-
 def _callback_url(request: Request, settings: Settings) -> str:
     if settings.public_url:
         return f"{settings.public_url.rstrip('/')}/auth/callback"
@@ -91,16 +91,14 @@ async def _exchange(client: StarletteOAuth2App, request: Request, settings: Sett
 
 
 def _login_failed(runtime: AuthRuntime, request: Request, exc: Exception) -> Response:
-    from core.auth.principal import signed_out_page
-
     runtime.services.auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            request,
             action="login",
             outcome="denied",
             status=401,
             error_class=type(exc).__name__,
             detail=str(exc)[:500],
-            **_client_fields(request),
         )
     )
     return signed_out_page("Sign-in failed. Please try again.", 401)
@@ -110,8 +108,6 @@ async def _start_session(
     runtime: AuthRuntime, request: Request, token: Any, userinfo: Any
 ) -> Response:
     """End this browser's previous session, store a new one, put its id in a new cookie."""
-    from core.auth.principal import redirect, safe_next
-
     settings = runtime.services.settings
     old = request.session.get("sid")
     if isinstance(old, str):
@@ -131,23 +127,18 @@ async def _start_session(
     )
     request.session.update({"sid": secret, "sub": subject})
     runtime.services.auditor.record(
-        AuditEvent(
-            action="login",
-            outcome="ok",
-            user_sub=subject,
-            user_email=email,
-            **_client_fields(request),
+        AuditEvent.from_request(
+            request, action="login", outcome="ok", user_sub=subject, user_email=email
         )
     )
     return redirect(next_path)
 
 
-def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
-    """Register the sign-in routes on `app`."""
-    from core.auth.principal import safe_next, signed_out_page
-
+def add_auth_routes(
+    app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App, limiter: Limiter
+) -> None:
+    """Register the sign-in routes on `app`; `limiter` is the app's (`app.state.limiter`)."""
     settings = runtime.services.settings
-    limiter = runtime.services.limits.limiter
 
     @app.get("/login", include_in_schema=False)
     @limiter.limit(LOGIN_RATE_LIMIT, key_func=get_remote_address)
@@ -176,8 +167,6 @@ def add_auth_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2A
 
 
 def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAuth2App) -> None:
-    from core.auth.principal import redirect, signed_out_page
-
     settings = runtime.services.settings
 
     @app.get("/logout", include_in_schema=False)
@@ -216,8 +205,6 @@ def _add_logout_routes(app: FastAPI, runtime: AuthRuntime, client: StarletteOAut
 
 def logout_page(token: str) -> Response:
     """The sign-out confirmation (for `GET /logout`: old links and bookmarks)."""
-    from fastapi.responses import HTMLResponse
-
     body = (
         "<!doctype html><html><head><title>tenantllm</title></head><body>"
         "<p>Sign out of tenantllm?</p>"
@@ -231,7 +218,8 @@ def logout_page(token: str) -> Response:
 
 def _audit_logout(runtime: AuthRuntime, request: Request, record: Any, outcome: Any) -> None:
     runtime.services.auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            request,
             action="logout",
             outcome=outcome,
             user_sub=record.subject if record is not None else request.session.get("sub"),
@@ -239,14 +227,11 @@ def _audit_logout(runtime: AuthRuntime, request: Request, record: Any, outcome: 
             status=200 if outcome == "ok" else 403,
             error_class=None if outcome == "ok" else "CsrfTokenMissing",
             detail=None if outcome == "ok" else "sign-out without this session's CSRF token",
-            **_client_fields(request),
         )
     )
 
 
 async def _idp_logout(client: StarletteOAuth2App, request: Request, settings: Settings) -> Response:
-    from core.auth.principal import redirect
-
     back = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     try:
         metadata = await client.load_server_metadata()
@@ -261,3 +246,24 @@ async def _idp_logout(client: StarletteOAuth2App, request: Request, settings: Se
     except (httpx.HTTPError, OAuthError, RuntimeError, ValueError):
         return redirect("/auth/signed-out", 303)  # signed out here; the IdP is unreachable
     return redirect(str(result["url"]), 303)
+
+
+def signed_out_page(message: str, status: int = 200) -> HTMLResponse:
+    """A minimal page with a sign-in link (sign-out, refused sign-in)."""
+    body = (
+        "<!doctype html><html><head><title>tenantllm</title></head><body>"
+        f"<p>{message}</p><p><a href='/login'>Sign in</a></p></body></html>"
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to return to after sign-in ('/' for anything else: no open redirect)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def redirect(url: str, status: int = 302) -> Response:
+    """A redirect (303 after a POST: the browser follows it with a GET)."""
+    return RedirectResponse(url, status_code=status)

@@ -17,9 +17,14 @@ from typing import Any
 
 import click
 
+from core.chat.request import ChatRequest
+from core.chat.turn import start_chat_turn
 from core.cli.base import main, user_errors
 from core.config import Settings, get_settings
-from core.engine.base import GenerationChunk, GenerationParams, create_engine
+from core.engine import create_engine
+from core.engine.base import GenerationChunk, GenerationParams
+from core.rbac import operator_principal
+from core.services import build_services
 
 # Salts the prefix cache of direct questions apart from every tenant's.
 DIRECT_TENANT = "_cli"
@@ -60,7 +65,7 @@ async def _ask_direct(
             max_tokens=max_tokens or settings.default_max_tokens, temperature=temperature
         )
         messages = [{"role": "user", "content": question}]
-        chunks = engine.stream_chat(messages, params, tenant_id=DIRECT_TENANT)
+        chunks = engine.stream_chat(messages, params, engine.default_options(DIRECT_TENANT))
         last = await _print_stream(chunks, echo=not as_json)
         return _result(last, tenant=None, sources=[])
     finally:
@@ -76,10 +81,6 @@ async def _ask_tenant(
     max_tokens: int | None,
     temperature: float,
 ) -> dict[str, Any]:
-    from core.chat.turn import ChatRequest, start_chat_turn
-    from core.rbac import operator_principal
-    from core.services import build_services
-
     services = build_services(settings, with_engine=True)
     assert services.engine is not None
     await services.auditor.start()

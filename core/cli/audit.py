@@ -6,7 +6,6 @@ actor `local:<os user>` (the CLI runs on the server with operator rights).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from core.cli.base import main, user_errors
 from core.config import load_settings
 from core.db import upgrade_database
 from core.errors import ConfigError
+from core.rbac import operator_principal
 
 _RELATIVE = re.compile(r"^(\d+)([mhd])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -91,11 +91,13 @@ def _unavailable(url: str, exc: Exception) -> ConfigError:
 
 def _record_view(auditor: Auditor, what: str, filters: AuditFilters | None, ok: bool) -> None:
     shown = {k: v for k, v in vars(filters).items() if v} if filters else {}
+    # No request: the CLI's caller is the operator on this machine.
     auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            None,
             action="audit_view",
             outcome="ok" if ok else "error",
-            user_sub=f"local:{getpass.getuser()}",
+            principal=operator_principal(),
             tenant_id=filters.tenant_id if filters else None,
             status=200 if ok else 500,
             detail=f"cli {what} " + " ".join(f"{k}={v}" for k, v in shown.items()),

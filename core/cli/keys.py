@@ -15,17 +15,19 @@ from core.auth import apikeys
 from core.cli.base import main, user_errors
 from core.config import Settings, get_settings
 from core.db import upgrade_database
+from core.plugins import load_tenants
 from core.rbac import authorize, operator_principal
 
 
 def _record(settings: Settings, action: str, tenant_id: str | None, detail: str) -> None:
-    principal = operator_principal()
     auditor = Auditor(settings)
+    # No request: the CLI's caller is the operator on this machine.
     auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            None,
             action=action,
             outcome="ok",
-            user_sub=principal.subject,
+            principal=operator_principal(),
             tenant_id=tenant_id,
             detail=detail,
         )
@@ -57,8 +59,6 @@ def keys() -> None:
 @user_errors
 def create(tenant_id: str, role: str, expires: str | None) -> None:
     """Create a key and print it once."""
-    from core.plugins import load_tenants
-
     settings = _prepared_settings()
     load_tenants(settings).get(tenant_id)  # TenantNotFound for a typo
     authorize(operator_principal(), tenant_id, "manage_keys")

@@ -17,13 +17,13 @@ from typing import Any
 
 import click
 
-from core.audit.auditor import AuditEvent, Auditor
+from core.audit.auditor import AuditEvent
 from core.cli.base import main, user_errors
-from core.config import Settings, load_settings
-from core.db import upgrade_database
-from core.knowledge.service import IngestOutcome, KnowledgeService
+from core.config import load_settings
+from core.knowledge.service import IngestOutcome
 from core.plugins import load_tenants, plugin_package
 from core.rbac import operator_principal
+from core.services import Services, build_services
 from core.tenancy import Tenant
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -41,27 +41,27 @@ def _print_json(value: Any) -> None:
 
 
 @contextmanager
-def _knowledge(tenant_id: str) -> Iterator[tuple[Settings, KnowledgeService, Tenant, Auditor]]:
-    settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.resolved_database_url)
-    tenants = load_tenants(settings)
-    tenant = tenants.get(tenant_id)
-    auditor = Auditor(settings)
+def _knowledge(tenant_id: str) -> Iterator[tuple[Services, Tenant]]:
+    """The services (no engine) and the tenant of one command; the audit is flushed after."""
+    services = build_services(load_settings())
+    tenant = services.tenants.get(tenant_id)
     try:
-        yield settings, KnowledgeService(settings, tenants), tenant, auditor
+        yield services, tenant
     finally:
-        auditor.close()
+        services.auditor.close()
 
 
-def _audit(auditor: Auditor, action: str, tenant: Tenant, started: float, **fields: Any) -> None:
-    auditor.record(
-        AuditEvent(
+def _audit(services: Services, action: str, tenant: Tenant, started: float, **fields: Any) -> None:
+    # No request: the CLI's caller is the operator on this machine.
+    services.auditor.record(
+        AuditEvent.from_request(
+            None,
             action=action,
-            user_sub=operator_principal().subject,
+            outcome=fields.pop("outcome", "ok"),
+            principal=operator_principal(),
             tenant_id=tenant.id,
             latency_ms=(time.monotonic() - started) * 1000,
-            **{"outcome": "ok", **fields},
+            **fields,
         )
     )
 
@@ -104,12 +104,12 @@ def _outcome_line(outcome: IngestOutcome) -> str:
 def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> None:
     """Add files to a tenant's documents (.txt .md .pdf .docx .html .csv); exit 1 if any refused."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
-        outcomes = knowledge.ingest(tenant, list(paths), operator_principal().subject)
+    with _knowledge(tenant_id) as (services, tenant):
+        outcomes = services.knowledge.ingest(tenant, list(paths), operator_principal().subject)
         for outcome in outcomes:
             refused = outcome.status == "refused"
             _audit(
-                auditor,
+                services,
                 "cli_ingest",
                 tenant,
                 started,
@@ -135,9 +135,9 @@ def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> No
 def docs_command(tenant_id: str, as_json: bool) -> None:
     """List a tenant's documents, newest first."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
-        docs = knowledge.list_documents(tenant)
-        _audit(auditor, "cli_list_documents", tenant, started, detail=f"{len(docs)} documents")
+    with _knowledge(tenant_id) as (services, tenant):
+        docs = services.knowledge.list_documents(tenant)
+        _audit(services, "cli_list_documents", tenant, started, detail=f"{len(docs)} documents")
     if as_json:
         _print_json([dataclasses.asdict(d) for d in docs])
         return
@@ -154,15 +154,15 @@ def docs_command(tenant_id: str, as_json: bool) -> None:
 def rm_command(tenant_id: str, document_id: str, as_json: bool) -> None:
     """Delete one of a tenant's documents, its vectors and its stored original."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
+    with _knowledge(tenant_id) as (services, tenant):
         try:
-            knowledge.delete_document(tenant, document_id)
+            services.knowledge.delete_document(tenant, document_id)
         except Exception as exc:
-            _audit(auditor, "cli_delete_document", tenant, started, outcome="error",
+            _audit(services, "cli_delete_document", tenant, started, outcome="error",
                    status=getattr(exc, "status", 500), error_class=type(exc).__name__,
                    document_ids=[document_id])  # fmt: skip
             raise
-        _audit(auditor, "cli_delete_document", tenant, started, document_ids=[document_id])
+        _audit(services, "cli_delete_document", tenant, started, document_ids=[document_id])
     if as_json:
         _print_json({"deleted": document_id, "tenant": tenant_id})
     else:
@@ -176,9 +176,9 @@ def rm_command(tenant_id: str, document_id: str, as_json: bool) -> None:
 def reindex_command(tenant_id: str, as_json: bool) -> None:
     """Rebuild a tenant's vectors from its stored (encrypted) originals."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (_settings, knowledge, tenant, auditor):
-        chunks = knowledge.reindex(tenant)
-        _audit(auditor, "cli_reindex", tenant, started, detail=f"{chunks} chunks")
+    with _knowledge(tenant_id) as (services, tenant):
+        chunks = services.knowledge.reindex(tenant)
+        _audit(services, "cli_reindex", tenant, started, detail=f"{chunks} chunks")
     if as_json:
         _print_json({"tenant": tenant_id, "chunks": chunks})
     else:

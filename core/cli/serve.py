@@ -6,10 +6,13 @@ import contextlib
 from collections.abc import Iterator
 
 import click
+import uvicorn
 
+from core.auth.demo_idp import DEMO_USERS, start_demo_idp
 from core.cli.base import configure_logging, main, user_errors
 from core.config import Settings, get_settings
 from core.datadir import prepare_private_data_dir
+from core.engine.model import resolve_model
 from core.log_redaction import install_log_redaction, uvicorn_log_config
 
 
@@ -19,8 +22,6 @@ def identity_provider(settings: Settings) -> Iterator[Settings]:
     if settings.oidc_issuer:
         yield settings
         return
-    from core.auth.demo_idp import DEMO_USERS, start_demo_idp
-
     with start_demo_idp(settings.demo_idp_port) as issuer:
         click.echo(f"Demo identity provider (for trying out only): {issuer}")
         click.echo("Sign in with one of these user names (no password):")
@@ -31,9 +32,7 @@ def identity_provider(settings: Settings) -> Iterator[Settings]:
 
 def serve_app(settings: Settings) -> None:
     """Run the app with uvicorn until Ctrl-C; the engine is stopped on the way out."""
-    import uvicorn
-
-    from core.engine.model import resolve_model
+    # Lazy: core.server imports the UI (gradio, ~9 s); no other command should wait for it.
     from core.server import create_app
 
     resolve_model(settings)  # a wrong model path is a clear error now, not in the background

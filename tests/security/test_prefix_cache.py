@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from core.chat.turn import ChatRequest, start_chat_turn
+from core.chat.request import ChatRequest
+from core.chat.turn import start_chat_turn
 from core.config import Settings
 from core.engine.base import (
     Engine,
@@ -46,7 +47,8 @@ def _messages(tag: str) -> list[dict[str, str]]:
 async def _cached(engine: Engine, messages: list[dict[str, str]], tenant: str, user: str) -> int:
     """Prompt tokens of one request that vLLM served from its prefix cache."""
     last: GenerationChunk | None = None
-    async for chunk in engine.stream_chat(messages, ONE_TOKEN, tenant_id=tenant, user_id=user):
+    options = engine.default_options(tenant, user_id=user)
+    async for chunk in engine.stream_chat(messages, ONE_TOKEN, options):
         last = chunk
     assert last is not None and last.finished
     return last.cached_tokens
