@@ -1,4 +1,6 @@
-"""The chat turn with the real engine, real Chroma and the real audit log."""
+"""The chat turn: real Chroma and the real audit log, with the fake engine for the product's
+logic (what is refused, what the engine is sent, audit, cancellation) and the real engine end
+to end (`test_answer_streams_with_sources_and_one_audit_event`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from core.chat.turn import ChatRequest, sanitize_history, start_chat_turn
+from core.chat.prompt import sanitize_history
+from core.chat.request import ChatRequest
+from core.chat.turn import start_chat_turn
 from core.errors import (
     InvalidRequest,
     PermissionDenied,
@@ -19,9 +23,7 @@ from core.errors import (
     TenantNotFound,
 )
 from core.identity import Principal
-
-pytestmark = pytest.mark.engine
-
+from tests.fake_engine import FakeEngine
 
 # --- helpers (also used by test_chat_isolation.py and test_api.py) ---------------------------
 
@@ -79,9 +81,9 @@ need approval from the head of sales. Renewals are handled by the account manage
 
 
 @pytest.fixture
-async def sales_doc(services: Any, tmp_path: Path) -> str:
-    """One sales document; its id."""
-    return ingest_text(services, "sales", tmp_path / "playbook.md", SALES_DOC)
+async def sales_doc(services_fake: Any, tmp_path: Path) -> str:
+    """One sales document (in the services with the fake engine); its id."""
+    return ingest_text(services_fake, "sales", tmp_path / "playbook.md", SALES_DOC)
 
 
 @pytest.fixture
@@ -90,9 +92,11 @@ def alice() -> Principal:
     return principal("alice", {"sales": "member"})
 
 
+@pytest.mark.engine
 async def test_answer_streams_with_sources_and_one_audit_event(
-    services: Any, sales_doc: str, alice: Principal
+    services: Any, tmp_path: Path, alice: Principal
 ) -> None:
+    sales_doc = ingest_text(services, "sales", tmp_path / "playbook.md", SALES_DOC)
     request = ChatRequest(
         tenant_id="sales", question="What is the discount for annual contracts?", max_tokens=24
     )
@@ -116,9 +120,34 @@ async def test_answer_streams_with_sources_and_one_audit_event(
     assert event.prompt_digest and len(event.prompt_digest) == 64
 
 
-async def test_cancel_mid_stream_aborts_engine_request_and_audits_cancelled(
-    services: Any, sales_doc: str, alice: Principal
+async def test_the_engine_gets_the_turns_prompt_and_options(
+    services_fake: Any, fake_engine: FakeEngine, sales_doc: str, alice: Principal
 ) -> None:
+    request = ChatRequest(tenant_id="sales", question="Who handles renewals?", max_tokens=8)
+    turn = await start_chat_turn(services_fake, alice, request)
+    chunks = [chunk async for chunk in turn.stream()]
+    (call,) = fake_engine.calls
+    assert call.messages == turn.messages  # exactly the fitted, checked prompt
+    assert call.params.max_tokens == 8
+    options = call.options
+    assert (options.tenant_id, options.user_id) == ("sales", alice.subject)
+    assert options.request_id == turn.request_id
+    settings = services_fake.settings
+    assert options.max_output_tokens == settings.max_output_tokens
+    assert options.max_prompt_tokens == settings.max_prompt_tokens
+    last = chunks[-1]
+    assert last.finished and last.finish_reason == "length" and last.completion_tokens == 8
+    assert last.text.startswith("Fake answer. System:")
+    (event,) = audit_events(services_fake, turn.request_id)
+    assert event.outcome == "ok" and event.document_ids == [sales_doc]
+    assert event.tokens_in == turn.prompt_tokens == last.prompt_tokens
+    assert event.tokens_out == 8
+
+
+async def test_cancel_mid_stream_aborts_engine_request_and_audits_cancelled(
+    services_fake: Any, fake_engine: FakeEngine, sales_doc: str, alice: Principal
+) -> None:
+    fake_engine.enqueue("word " * 400)
     request = ChatRequest(
         tenant_id="sales",
         question="Write a long story about renewals.",
@@ -126,7 +155,7 @@ async def test_cancel_mid_stream_aborts_engine_request_and_audits_cancelled(
         temperature=1.0,
         channel="api",
     )
-    turn = await start_chat_turn(services, alice, request)
+    turn = await start_chat_turn(services_fake, alice, request)
     stream = turn.stream()
     received = 0
     async for _chunk in stream:
@@ -134,10 +163,11 @@ async def test_cancel_mid_stream_aborts_engine_request_and_audits_cancelled(
         if received == 2:
             break
     await stream.aclose()
-    assert await _engine_idle(services)
-    (event,) = audit_events(services, turn.request_id)
+    assert fake_engine.closed == [turn.request_id]
+    assert await _engine_idle(services_fake)
+    (event,) = audit_events(services_fake, turn.request_id)
     assert event.outcome == "cancelled" and event.action == "api_chat"
-    assert event.tokens_out < 400
+    assert event.tokens_out == 2
 
 
 async def _engine_idle(services: Any) -> bool:
@@ -150,18 +180,23 @@ async def _engine_idle(services: Any) -> bool:
     return False
 
 
-async def test_denied_is_audited_and_raises(services: Any, sales_doc: str) -> None:
+async def test_denied_is_audited_and_raises(
+    services_fake: Any, fake_engine: FakeEngine, sales_doc: str
+) -> None:
     bob = principal("bob", {"development": "member"})
     with pytest.raises(PermissionDenied):
-        await start_chat_turn(services, bob, ChatRequest(tenant_id="sales", question="hi"))
-    events = [e for e in audit_events(services) if e.user_sub == bob.subject]
+        await start_chat_turn(services_fake, bob, ChatRequest(tenant_id="sales", question="hi"))
+    events = [e for e in audit_events(services_fake) if e.user_sub == bob.subject]
     assert [(e.outcome, e.status, e.tenant_id) for e in events] == [("denied", 403, "sales")]
+    assert fake_engine.calls == []
 
 
-async def test_unknown_tenant_is_not_found_and_audited(services: Any, alice: Principal) -> None:
+async def test_unknown_tenant_is_not_found_and_audited(
+    services_fake: Any, alice: Principal
+) -> None:
     with pytest.raises(TenantNotFound):
-        await start_chat_turn(services, alice, ChatRequest(tenant_id="nope", question="hi"))
-    events = [e for e in audit_events(services) if e.user_sub == alice.subject]
+        await start_chat_turn(services_fake, alice, ChatRequest(tenant_id="nope", question="hi"))
+    events = [e for e in audit_events(services_fake) if e.user_sub == alice.subject]
     assert [(e.outcome, e.status) for e in events] == [("error", 404)]
 
 
@@ -177,40 +212,47 @@ async def test_unknown_tenant_is_not_found_and_audited(services: Any, alice: Pri
     ],
 )
 async def test_bad_requests_get_typed_errors(
-    services: Any, alice: Principal, changes: dict[str, Any], error: type[Exception]
+    services_fake: Any,
+    fake_engine: FakeEngine,
+    alice: Principal,
+    changes: dict[str, Any],
+    error: type[Exception],
 ) -> None:
     request = ChatRequest(**{"tenant_id": "sales", "question": "hello", **changes})
     with pytest.raises(error):
-        await start_chat_turn(services, alice, request)
-    events = [e for e in audit_events(services) if e.user_sub == alice.subject]
+        await start_chat_turn(services_fake, alice, request)
+    events = [e for e in audit_events(services_fake) if e.user_sub == alice.subject]
     assert [e.outcome for e in events] == ["error"]
+    assert fake_engine.calls == []
 
 
 async def test_long_history_is_trimmed_to_fit_not_refused(
-    services: Any, sales_doc: str, alice: Principal
+    services_fake: Any, sales_doc: str, alice: Principal
 ) -> None:
     history = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 300}
         for i in range(12)
     ]
     request = ChatRequest(tenant_id="sales", question="Who handles renewals?", history=history)
-    turn = await start_chat_turn(services, alice, request)
-    cap = services.settings.max_prompt_tokens
+    turn = await start_chat_turn(services_fake, alice, request)
+    cap = services_fake.settings.max_prompt_tokens
     assert turn.prompt_tokens <= cap
-    assert services.engine.count_prompt_tokens(turn.messages) == turn.prompt_tokens
+    assert services_fake.engine.count_prompt_tokens(turn.messages) == turn.prompt_tokens
     assert "Who handles renewals?" in turn.messages[-1]["content"]
     assert not any("turn 0 " in m["content"] for m in turn.messages)  # the oldest went first
     await first_chunk_then_close(turn)
 
 
-async def test_rate_limit_is_audited(engine: Any, tmp_path: Path, alice: Principal) -> None:
+async def test_rate_limit_is_audited(
+    fake_engine: FakeEngine, tmp_path: Path, alice: Principal
+) -> None:
     from core.config import Settings
     from core.services import build_services
     from tests.fixtures.common import BUNDLED_MODEL_DIR
 
     settings = Settings(data_dir=tmp_path, model=str(BUNDLED_MODEL_DIR), rate_limit_user="2/minute")
     limited = build_services(settings)
-    limited.engine = engine
+    limited.engine = fake_engine
     await limited.auditor.start()
     try:
         for _ in range(2):
@@ -245,13 +287,47 @@ def test_sanitize_history_keeps_only_user_and_assistant_text() -> None:
 
 
 async def test_abandoned_turn_is_audited_once_and_cannot_stream(
-    services: Any, sales_doc: str, alice: Principal
+    services_fake: Any, fake_engine: FakeEngine, sales_doc: str, alice: Principal
 ) -> None:
-    turn = await start_chat_turn(services, alice, ChatRequest("sales", "hi", max_tokens=2))
+    turn = await start_chat_turn(services_fake, alice, ChatRequest("sales", "hi", max_tokens=2))
     turn.abandon()
     turn.abandon()
-    (event,) = audit_events(services, turn.request_id)
+    (event,) = audit_events(services_fake, turn.request_id)
     assert event.outcome == "cancelled" and event.tokens_out == 0
     with pytest.raises(InvalidRequest):
         async for _ in turn.stream():
             pass
+    assert fake_engine.calls == []
+
+
+def test_the_prompt_rules_are_plain_functions() -> None:
+    """`generation_params` and `fit_prompt` take numbers and a token counter: no services."""
+    from core.chat.prompt import fit_prompt, generation_params
+    from core.tenancy import PromptTemplate, Source
+
+    params = generation_params(ChatRequest("sales", "hi"), default_max_tokens=256, output_cap=100)
+    assert (params.max_tokens, params.temperature, params.top_p) == (100, 0.7, 1.0)
+    with pytest.raises(InvalidRequest, match="between 1 and 100"):
+        generation_params(
+            ChatRequest("sales", "hi", max_tokens=101), default_max_tokens=256, output_cap=100
+        )
+
+    def words(messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    template = PromptTemplate(system="You help.", user="{context} {question}", source="{snippet}")
+    sources = [Source(f"d{i}", f"f{i}", "", "ten words " * 5, 1.0) for i in range(3)]
+    history = [{"role": "user", "content": f"old{i} " + "word " * 9} for i in range(3)]
+    full = words(template.render(question="why?", sources=sources, history=history))
+
+    def fit(cap: int) -> tuple[list[dict[str, str]], list[Source], int]:
+        return fit_prompt(template, "why?", sources, history, count_tokens=words, prompt_cap=cap)
+
+    messages, kept, tokens = fit(full)
+    assert (kept, tokens, len(messages)) == (sources, full, 5)  # it all fits
+    messages, kept, tokens = fit(full - 1)  # the oldest history turn goes first
+    assert kept == sources and tokens == full - 10 and "old0" not in str(messages)
+    messages, kept, tokens = fit(full - 31)  # no history left, then the last source goes
+    assert kept == sources[:2] and [m["role"] for m in messages] == ["system", "user"]
+    with pytest.raises(PromptTooLong):
+        fit(2)

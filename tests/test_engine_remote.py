@@ -15,14 +15,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 import core.engine.remote as remote_module
 from core.config import Settings
-from core.engine.base import GenerationParams, cache_salt
+from core.engine.base import Engine, EngineOptions, GenerationParams, cache_salt
 from core.engine.remote import RemoteEngine
 from core.errors import EngineUnavailable, InvalidRequest, PromptTooLong
 from tests.fixtures.common import free_port
@@ -32,6 +34,11 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
 SERVED_NAME = "smollm2-remote"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _options(engine: Engine, **changes: Any) -> EngineOptions:
+    """The engine's default options for tenant `sales`, with `changes`."""
+    return replace(engine.default_options("sales"), **changes)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,7 @@ async def remote(
 async def test_remote_streams_the_answer(remote: RemoteEngine, bundled_model_dir: Path) -> None:
     assert remote.ready
     params = GenerationParams(max_tokens=32, temperature=0.0)
-    chunks = [c async for c in remote.stream_chat(FRANCE, params, tenant_id="sales", priority=1)]
+    chunks = [c async for c in remote.stream_chat(FRANCE, params, _options(remote, priority=1))]
     final = chunks[-1]
     assert final.finished and final.finish_reason == "stop"
     assert "Paris" in final.text
@@ -129,7 +136,7 @@ async def test_remote_abort_on_close(remote: RemoteEngine, vllm_server: str) -> 
     story = [{"role": "user", "content": "Tell me a very long story about a lighthouse."}]
     # ignore_eos: left alone, this request would certainly generate all 500 tokens.
     params = GenerationParams(max_tokens=500, temperature=0.9, ignore_eos=True)
-    stream = remote.stream_chat(story, params, tenant_id="sales")
+    stream = remote.stream_chat(story, params, _options(remote))
     async with aclosing(stream):
         async for chunk in stream:
             if chunk.completion_tokens >= 3:
@@ -164,15 +171,15 @@ async def test_remote_request_carries_the_tenant_salt(remote: RemoteEngine) -> N
 async def test_remote_caps_and_bad_requests(remote: RemoteEngine) -> None:
     with pytest.raises(PromptTooLong):
         remote.stream_chat(
-            FRANCE, GenerationParams(max_tokens=8), tenant_id="s", max_prompt_tokens=5
+            FRANCE, GenerationParams(max_tokens=8), _options(remote, max_prompt_tokens=5)
         )
     with pytest.raises(InvalidRequest):
-        remote.stream_chat(FRANCE, GenerationParams(max_tokens=10_000), tenant_id="s")
+        remote.stream_chat(FRANCE, GenerationParams(max_tokens=10_000), _options(remote))
     # Something only the server refuses (a stop string longer than it accepts is fine; a
     # negative seed is not representable here), so: a huge priority outside int64.
     with pytest.raises(InvalidRequest):
         stream = remote.stream_chat(
-            FRANCE, GenerationParams(max_tokens=8), tenant_id="s", priority=2**70
+            FRANCE, GenerationParams(max_tokens=8), _options(remote, priority=2**70)
         )
         [c async for c in stream]
 
@@ -189,4 +196,4 @@ async def test_unreachable_server_is_engine_unavailable(
         await engine.start()
     assert not engine.ready
     with pytest.raises(EngineUnavailable):
-        engine.stream_chat(FRANCE, GenerationParams(max_tokens=8), tenant_id="sales")
+        engine.stream_chat(FRANCE, GenerationParams(max_tokens=8), _options(engine))

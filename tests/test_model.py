@@ -10,7 +10,7 @@ import pytest
 
 import core.engine.model as model_module
 from core.config import Settings, load_settings, reset_settings_cache
-from core.engine.base import create_engine
+from core.engine import create_engine
 from core.engine.model import bundled_model_dir, ensure_bundled_model, resolve_model
 from core.errors import ConfigError, ModelError
 

@@ -6,6 +6,9 @@ inside our generators (waiting for a token) it is a CancelledError; anywhere els
 postprocessing an update in a thread) only `aclose()` of the generator Gradio holds. Each
 case must abort the engine request and write the turn's one `cancelled` audit row at once,
 not whenever the garbage collector gets to a generator left suspended.
+
+Closing the handler mid-answer runs on the real engine (the abort reaches vLLM's engine
+core); the other paths are the product's own and run on the fake engine.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from core.chat.turn import ChatRequest, start_chat_turn
+from core.chat.request import ChatRequest
+from core.chat.turn import start_chat_turn
+from tests.fake_engine import FakeEngine
 from tests.test_chat import audit_events, principal
-
-pytestmark = pytest.mark.engine
 
 LONG = "Write a very long and detailed story about renewals, chapter by chapter."
 
@@ -28,8 +31,16 @@ LONG = "Write a very long and detailed story about renewals, chapter by chapter.
 def alice(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A sales member, who is the signed-in user of every Gradio call of these tests."""
     member = principal("alice", {"sales": "member"})
-    monkeypatch.setattr("core.ui.chat_tab.principal_of", lambda request: member)
+    monkeypatch.setattr("core.ui.session.principal_of", lambda request: member)
     return member
+
+
+@pytest.fixture
+def long_answers(fake_engine: FakeEngine) -> FakeEngine:
+    """The fake engine answering with a long story, a token every few milliseconds."""
+    fake_engine.token_delay_s = 0.005
+    fake_engine.enqueue(*["chapter " * 400] * 4)
+    return fake_engine
 
 
 def _chat_send(services: Any) -> Any:
@@ -59,6 +70,7 @@ async def _engine_idle(services: Any) -> bool:
     return False
 
 
+@pytest.mark.engine
 async def test_closing_the_handler_mid_answer_aborts_and_audits_at_once(
     services: Any, alice: Any
 ) -> None:
@@ -82,9 +94,10 @@ async def test_closing_the_handler_mid_answer_aborts_and_audits_at_once(
 
 
 async def test_stop_during_retrieval_audits_cancelled(
-    services: Any, alice: Any, monkeypatch: pytest.MonkeyPatch
+    services_fake: Any, fake_engine: FakeEngine, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stop before the first token: the task is cancelled while the turn is being prepared."""
+    services = services_fake
     entered, release = threading.Event(), threading.Event()
     real = services.knowledge.retrieve
 
@@ -105,12 +118,14 @@ async def test_stop_during_retrieval_audits_cancelled(
         release.set()
     (row,) = _chat_rows(services)
     assert row.outcome == "cancelled" and row.status == 499
+    assert fake_engine.calls == []  # nothing reached the engine
 
 
 async def test_cancel_while_waiting_for_a_token_aborts_and_audits(
-    services: Any, alice: Any
+    services_fake: Any, long_answers: FakeEngine, alice: Any
 ) -> None:
     """The usual case: the cancellation lands inside our generators, awaiting the engine."""
+    services = services_fake
     send = _chat_send(services)(LONG, "sales", None, None)
     seen = asyncio.Event()
 
@@ -128,3 +143,5 @@ async def test_cancel_while_waiting_for_a_token_aborts_and_audits(
     (row,) = _chat_rows(services)
     assert row.outcome == "cancelled"
     assert await _engine_idle(services)
+    assert [call.options.request_id for call in long_answers.calls] == long_answers.closed
+    assert long_answers.closed == [row.request_id]

@@ -1,21 +1,23 @@
 """Preparing a chat turn's prompt: untrusted history, the question, parameters, the fit.
 
-Pure functions of their arguments (plus the engine's tokenizer for the fit), so the rules
-that keep client data in its place are easy to read and to test.
+Pure functions of plain arguments (the caps as numbers, the engine's token counter as a
+function), so the rules that keep client data in its place are easy to read and to test
+without the services or an engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from core.engine.base import GenerationParams
+from core.engine.base import GenerationParams, check_params
 from core.errors import InvalidRequest, PromptTooLong
 
 if TYPE_CHECKING:
-    from core.chat.turn import ChatRequest
-    from core.services import Services
-    from core.tenancy import Source, Tenant
+    from core.chat.request import ChatRequest
+    from core.tenancy import PromptTemplate, Source
+
+TokenCounter = Callable[[list[dict[str, str]]], int]
 
 # Client history is untrusted and only context: keep the recent part, and bound each turn.
 MAX_HISTORY_MESSAGES = 20
@@ -42,6 +44,7 @@ def sanitize_history(history: Sequence[object]) -> list[dict[str, str]]:
 
 
 def clean_question(question: str) -> str:
+    """The question without surrounding blanks; InvalidRequest if empty, PromptTooLong if huge."""
     question = question.strip() if isinstance(question, str) else ""
     if not question:
         raise InvalidRequest("The question is empty.")
@@ -50,56 +53,48 @@ def clean_question(question: str) -> str:
     return question
 
 
-def generation_params(services: Services, tenant: Tenant, request: ChatRequest) -> GenerationParams:
-    settings = services.settings
-    cap = tenant.max_output_tokens or settings.max_output_tokens
+def generation_params(
+    request: ChatRequest, *, default_max_tokens: int, output_cap: int
+) -> GenerationParams:
+    """The request's sampling parameters with the defaults filled in, checked against the
+    tenant's `output_cap` (InvalidRequest), so a bad request is refused before retrieval."""
     max_tokens = request.max_tokens
     if max_tokens is None:
-        max_tokens = min(settings.default_max_tokens, cap)
-    if not 1 <= max_tokens <= cap:
-        raise InvalidRequest(f"max_tokens must be between 1 and {cap} for this tenant.")
-    temperature = 0.7 if request.temperature is None else request.temperature
-    if not 0.0 <= temperature <= 2.0:
-        raise InvalidRequest("temperature must be between 0 and 2.")
-    top_p = 1.0 if request.top_p is None else request.top_p
-    if not 0.0 < top_p <= 1.0:
-        raise InvalidRequest("top_p must be greater than 0 and at most 1.")
+        max_tokens = min(default_max_tokens, output_cap)
     if len(request.stop) > 4 or any(not s for s in request.stop):
         raise InvalidRequest("stop takes at most 4 non-empty strings.")
-    return GenerationParams(
+    params = GenerationParams(
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        temperature=0.7 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
         stop=tuple(request.stop),
         seed=request.seed,
     )
+    check_params(params, output_cap)  # the engine's own check, once more before streaming
+    return params
 
 
 def fit_prompt(
-    services: Services,
-    tenant: Tenant,
+    template: PromptTemplate,
     question: str,
     sources: Sequence[Source],
     history: Sequence[dict[str, str]],
+    *,
+    count_tokens: TokenCounter,
+    prompt_cap: int,
 ) -> tuple[list[dict[str, str]], list[Source], int]:
-    """Render the tenant's template, dropping the oldest history then the last (least
-    relevant) sources until the prompt fits the tenant's cap.
+    """Render `template`, dropping the oldest history then the last (least relevant)
+    sources until the prompt's tokens (`count_tokens`, the engine's) fit `prompt_cap`.
 
-    The sources returned are exactly those in the prompt, so what the user is shown as
-    sources is what the model saw.
+    Returns the messages, the sources kept and the prompt's tokens. The sources returned are
+    exactly those in the prompt, so what the user is shown as sources is what the model saw.
     """
-    assert services.engine is not None
-    settings = services.settings
-    # The same cap the engine enforces: the tenant's override, within the context window.
-    cap = min(tenant.max_prompt_tokens or settings.max_prompt_tokens, settings.max_model_len - 1)
     kept_sources = list(sources)
     kept_history = list(history)
     while True:
-        messages = tenant.prompt.render(
-            question=question, sources=kept_sources, history=kept_history
-        )
-        tokens = services.engine.count_prompt_tokens(messages)
-        if tokens <= cap:
+        messages = template.render(question=question, sources=kept_sources, history=kept_history)
+        tokens = count_tokens(messages)
+        if tokens <= prompt_cap:
             return messages, kept_sources, tokens
         if kept_history:
             kept_history = kept_history[1:]
@@ -107,5 +102,6 @@ def fit_prompt(
             kept_sources = kept_sources[:-1]
         else:
             raise PromptTooLong(
-                f"The question is too long for this assistant ({tokens} tokens, at most {cap})."
+                "The question is too long for this assistant "
+                f"({tokens} tokens, at most {prompt_cap})."
             )

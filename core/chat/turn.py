@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Literal, cast
 from core.audit.auditor import AuditEvent
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
-from core.engine.base import GenerationChunk, GenerationParams
+from core.chat.request import ChatRequest
+from core.engine.base import EngineOptions, GenerationChunk, GenerationParams
 from core.errors import (
     EngineUnavailable,
     InvalidRequest,
@@ -42,26 +43,9 @@ if TYPE_CHECKING:
     from core.services import Services
     from core.tenancy import Source, Tenant
 
-Channel = Literal["ui", "api", "cli"]
+__all__ = ["ChatTurn", "start_chat_turn"]
+
 Outcome = Literal["ok", "denied", "error", "rate_limited", "cancelled"]
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """What a caller asks for. Nothing in here decides which data is read except `tenant_id`,
-    which is looked up in the server's registry and authorized for the principal."""
-
-    tenant_id: str
-    question: str
-    history: Sequence[dict[str, str]] = ()
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    channel: Channel = "ui"
-    client_ip: str | None = None
-    user_agent: str | None = None
 
 
 @dataclass
@@ -131,6 +115,7 @@ class ChatTurn:
         sources: list[Source],
         messages: list[dict[str, str]],
         params: GenerationParams,
+        options: EngineOptions,
         audit: _AuditContext,
     ) -> None:
         self.services = services
@@ -138,6 +123,7 @@ class ChatTurn:
         self.sources = sources
         self.messages = messages  # the rendered prompt, exactly what the engine is given
         self.params = params
+        self.options = options
         self.request_id = audit.request_id
         self.prompt_tokens = audit.tokens_in
         self._audit = audit
@@ -169,17 +155,7 @@ class ChatTurn:
         error: Exception | None = None
         try:
             async with self.services.limits.generation_slot(self.tenant.id):
-                chunks = engine.stream_chat(
-                    self.messages,
-                    self.params,
-                    tenant_id=self.tenant.id,
-                    user_id=self._audit.principal.subject,
-                    request_id=self.request_id,
-                    priority=self.tenant.priority,
-                    lora_path=self.tenant.lora_path,
-                    max_prompt_tokens=self.tenant.max_prompt_tokens,
-                    max_output_tokens=self.tenant.max_output_tokens,
-                )
+                chunks = engine.stream_chat(self.messages, self.params, self.options)
                 # Leaving early must close the engine's generator now (that aborts the request
                 # in the engine), not whenever the garbage collector gets to it.
                 async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:
@@ -247,14 +223,29 @@ async def _prepare_turn(
         raise EngineUnavailable("The model is starting; try again in a moment.")
     question = clean_question(request.question)
     history = sanitize_history(request.history)
-    params = generation_params(services, tenant, request)
+    # The tenant's caps, resolved once: the same numbers for the checks, the fit and the engine.
+    options = EngineOptions.for_tenant(
+        services.settings, tenant, user_id=principal.subject, request_id=audit.request_id
+    )
+    params = generation_params(
+        request,
+        default_max_tokens=services.settings.default_max_tokens,
+        output_cap=options.max_output_tokens,
+    )
     # Retrieval sees only the question and the registry's tenant: never history or client ids.
     sources = await asyncio.to_thread(services.knowledge.retrieve, tenant, question)
-    messages, sources, tokens = fit_prompt(services, tenant, question, sources, history)
+    messages, sources, tokens = fit_prompt(
+        tenant.prompt,
+        question,
+        sources,
+        history,
+        count_tokens=engine.count_prompt_tokens,
+        prompt_cap=options.max_prompt_tokens,
+    )
     audit.document_ids = [s.document_id for s in sources]
     audit.tokens_in = tokens
     messages = _apply_prompt_checks(services, principal, tenant, question, history, messages, audit)
-    return ChatTurn(services, tenant, list(sources), messages, params, audit)
+    return ChatTurn(services, tenant, list(sources), messages, params, options, audit)
 
 
 def _apply_prompt_checks(

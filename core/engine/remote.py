@@ -57,8 +57,6 @@ class RemoteEngine(Engine):
         self._client: Any = None  # openai.AsyncOpenAI once started
         self._sync_http: httpx.Client | None = None
         self._served: str = ""
-        self._waiting: set[str] = set()
-        self._running: set[str] = set()
 
     @property
     def ready(self) -> bool:
@@ -143,18 +141,10 @@ class RemoteEngine(Engine):
     async def _generate(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
-        client = self._client
-        if client is None:
-            raise EngineUnavailable("The engine has been stopped.")
-        rid = request.request_id
-        self._waiting.add(rid)
-        stream: Any = None
+        stream = await self._client.chat.completions.create(**self._body(prompt, params, request))
         try:
-            stream = await client.chat.completions.create(**self._body(prompt, params, request))
             text, finish, usage = "", None, (prompt.tokens, 0)
             async for event in stream:
-                self._waiting.discard(rid)
-                self._running.add(rid)
                 if event.usage is not None:
                     usage = (event.usage.prompt_tokens, event.usage.completion_tokens)
                 delta = "".join(c.delta.content or "" for c in event.choices)
@@ -164,16 +154,12 @@ class RemoteEngine(Engine):
                     yield GenerationChunk(text, delta, False, None, usage[0], usage[1])
             # The finish reason and the final usage come in the last events: one closing chunk.
             yield GenerationChunk(text, "", True, finish or "stop", usage[0], usage[1])
-        except TenantLLMError:
-            raise
-        except Exception as exc:
-            raise map_openai_error(exc) from None
         finally:
-            self._waiting.discard(rid)
-            self._running.discard(rid)
-            if stream is not None:
-                # Closing the response tells the server the client is gone: it aborts.
-                await stream.close()
+            # Closing the response tells the server the client is gone: it aborts.
+            await stream.close()
+
+    def _map_error(self, exc: Exception) -> TenantLLMError:
+        return map_openai_error(exc)
 
     def _body(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
