@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI, Request
 
-from core.auth.principal import logout_token_of
+from core.auth.principal import logout_token_of, principal_from_request
 from core.services import Services
 from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
@@ -24,7 +24,7 @@ from core.ui.chat_tab import build_chat_tab
 from core.ui.documents_tab import build_documents_tab
 from core.ui.gradio_guard import install_gradio_guard
 from core.ui.header import ASSETS, brand_html, identity_html
-from core.ui.session import may, principal_of, shown_as_error, team_choices
+from core.ui.session import may, team_choices, ui_call
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def theme() -> gr.themes.Base:
 
 def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
     """Per session: who is signed in, their teams, and which tabs they may see."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
+        principal = call.principal
         choices = team_choices(services, principal)
         first = choices[0][1] if choices else None
         return (
@@ -84,7 +84,7 @@ def build_blocks(services: Services) -> gr.Blocks:
             with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as admin_tab:
                 admin_fill, admin_outputs = build_admin_tab(services)
 
-        def load(request: gr.Request):
+        def load(request: gr.Request) -> tuple[Any, ...]:
             return on_load(services, request)
 
         private: dict[str, Any] = {"api_visibility": "private"}
@@ -96,15 +96,11 @@ def build_blocks(services: Services) -> gr.Blocks:
     return blocks
 
 
-def _session_user(services: Services):
-    from core.auth.principal import principal_from_request
-
-    def current_user(request: Request) -> str | None:
-        # Sync and cheap: runs on every Gradio route (STACK_NOTES 1.2); None means 401.
-        principal = principal_from_request(request)
-        return principal.subject if principal is not None else None
-
-    return current_user
+def _signed_in_subject(request: Request) -> str | None:
+    """Gradio's `auth_dependency`: the signed-in subject, or None (Gradio answers 401)."""
+    # Sync and cheap: runs on every Gradio route (STACK_NOTES 1.2).
+    principal = principal_from_request(request)
+    return principal.subject if principal is not None else None
 
 
 def mount_ui(app: FastAPI, services: Services) -> FastAPI:
@@ -117,7 +113,7 @@ def mount_ui(app: FastAPI, services: Services) -> FastAPI:
         app,
         blocks,
         path="/",
-        auth_dependency=_session_user(services),
+        auth_dependency=_signed_in_subject,
         max_file_size=f"{settings.max_upload_mb}mb",
         footer_links=[],
         allowed_paths=[logo],

@@ -11,6 +11,8 @@ keys of the teams they manage, never every team's (issue 12, item 2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -20,7 +22,7 @@ from core.auth import apikeys
 from core.errors import InvalidRequest
 from core.identity import Principal
 from core.services import Services
-from core.ui.session import check, principal_of, record_ok, shown_as_error
+from core.ui.session import ui_call
 
 KEY_COLUMNS = ["id", "team", "scope", "created by", "created", "expires", "revoked"]
 
@@ -69,26 +71,28 @@ def keys_frame(services: Services, principal: Principal) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=KEY_COLUMNS)
 
 
-async def overview(services: Services, request: gr.Request) -> tuple[Any, ...]:
+async def overview(services: Services, request: gr.Request | None) -> tuple[Any, ...]:
     """Tenants, mapping, keys and engine status (admins only)."""
-    with shown_as_error():
-        principal = principal_of(request)
-        check(services, principal, None, "view_admin", request)
+    with ui_call(services, request) as call:
+        call.check(None, "view_admin")
         return (
             tenants_frame(services),
             mapping_frame(services),
-            keys_frame(services, principal),
+            keys_frame(services, call.principal),
             await engine_markdown(services),
         )
 
 
 def create_key(
-    services: Services, team: str | None, scope: str, days: float | None, request: gr.Request
+    services: Services,
+    team: str | None,
+    scope: str,
+    days: float | None,
+    request: gr.Request | None,
 ) -> tuple[Any, ...]:
     """Create a key for one team; its secret is returned once."""
-    with shown_as_error():
-        principal = principal_of(request)
-        check(services, principal, team, "manage_keys", request)
+    with ui_call(services, request) as call:
+        call.check(team, "manage_keys")
         if not team:
             raise InvalidRequest("Choose the key's team.")
         services.tenants.get(team)
@@ -98,36 +102,65 @@ def create_key(
             tenant_id=team,
             scope=scope,
             expires_in_days=expires,
-            created_by=principal.subject,
+            created_by=call.principal.subject,
         )
-        record_ok(services, principal, "ui_create_key", team, request, created.key.id)
+        call.record_ok("ui_create_key", team, created.key.id)
         gr.Info("Key created. Copy it now: it is not shown again.")
-        return created.secret, keys_frame(services, principal)
+        return created.secret, keys_frame(services, call.principal)
 
 
-def revoke_key(services: Services, key_id: str | None, request: gr.Request) -> pd.DataFrame:
+def revoke_key(services: Services, key_id: str | None, request: gr.Request | None) -> pd.DataFrame:
     """Revoke a key by id: an admin any key, an editor their teams' keys."""
-    with shown_as_error():
-        principal = principal_of(request)
-        if apikeys.managed_tenants(principal) == []:
-            check(services, principal, None, "manage_keys", request)  # refused and audited
+    with ui_call(services, request) as call:
+        if apikeys.managed_tenants(call.principal) == []:
+            call.check(None, "manage_keys")  # refused and audited
         key_id = (key_id or "").strip()
         if not key_id:
             raise InvalidRequest("Type the id of the key to revoke.")
         # Another team's key is NotFound, worded as for an unknown id.
-        info = apikeys.revoke_key(services.settings, key_id, principal=principal)
-        record_ok(services, principal, "ui_revoke_key", info.tenant_id, request, info.id)
+        info = apikeys.revoke_key(services.settings, key_id, principal=call.principal)
+        call.record_ok("ui_revoke_key", info.tenant_id, info.id)
         gr.Info("Key revoked.")
-        return keys_frame(services, principal)
+        return keys_frame(services, call.principal)
 
 
-def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
+@dataclass
+class AdminView:
+    """The Admin tab's components, for wiring."""
+
+    refresh_btn: gr.Button
+    overview: list[Any]  # what `overview` returns, in its order
+    key_inputs: list[Any]  # team, scope, days
+    create_btn: gr.Button
+    secret: gr.Textbox
+    keys: gr.Dataframe
+    revoke_id: gr.Textbox
+    revoke_btn: gr.Button
+
+
+def build_admin_tab(services: Services) -> tuple[Callable[..., Any], list[Any]]:
     """Lay out the Admin tab and wire it; returns (fill function, its outputs)."""
     engine = gr.Markdown(elem_id="admin-engine")
     refresh_btn = gr.Button("Refresh", size="sm")
     tenants = gr.Dataframe(label="Teams (tenants) and their plugins", interactive=False, wrap=True)
     mapping = gr.Dataframe(label="Group mapping in effect", interactive=False)
     gr.Markdown("### API keys")
+    key_inputs, create_btn = _new_key_row(services)
+    secret = gr.Textbox(
+        label="New key (shown once)", interactive=False, buttons=["copy"], elem_id="admin-secret"
+    )
+    keys = gr.Dataframe(headers=KEY_COLUMNS, label="Keys", interactive=False)
+    with gr.Row():
+        revoke_id = gr.Textbox(label="Key id to revoke", scale=3)
+        revoke_btn = gr.Button("Revoke", variant="stop", scale=1)
+    overview_out = [tenants, mapping, keys, engine]
+    view = AdminView(
+        refresh_btn, overview_out, key_inputs, create_btn, secret, keys, revoke_id, revoke_btn
+    )
+    return _wire(services, view)
+
+
+def _new_key_row(services: Services) -> tuple[list[Any], gr.Button]:
     with gr.Row():
         team = gr.Dropdown(
             [(t.display_name, t.id) for t in services.tenants.all()], label="Team", scale=2
@@ -140,28 +173,23 @@ def build_admin_tab(services: Services) -> tuple[Any, list[Any]]:
         )
         days = gr.Number(value=90, label="Valid for (days)", precision=0, scale=1)
         create_btn = gr.Button("Create key", variant="primary", scale=1)
-    secret = gr.Textbox(
-        label="New key (shown once)", interactive=False, buttons=["copy"], elem_id="admin-secret"
-    )
-    keys = gr.Dataframe(headers=KEY_COLUMNS, label="Keys", interactive=False)
-    with gr.Row():
-        revoke_id = gr.Textbox(label="Key id to revoke", scale=3)
-        revoke_btn = gr.Button("Revoke", variant="stop", scale=1)
+    return [team, scope, days], create_btn
 
-    async def fill(request: gr.Request):
+
+def _wire(services: Services, v: AdminView) -> tuple[Callable[..., Any], list[Any]]:
+    async def fill(request: gr.Request) -> tuple[Any, ...]:
         return await overview(services, request)
 
-    def create(t: str | None, s: str, d: float | None, request: gr.Request):
+    def create(t: str | None, s: str, d: float | None, request: gr.Request) -> tuple[Any, ...]:
         return create_key(services, t, s, d, request)
 
-    def revoke(key_id: str | None, request: gr.Request):
+    def revoke(key_id: str | None, request: gr.Request) -> pd.DataFrame:
         return revoke_key(services, key_id, request)
 
     private: dict[str, Any] = {"api_visibility": "private"}
-    outputs = [tenants, mapping, keys, engine]
-    refresh_btn.click(fill, None, outputs, api_name="admin_overview", **private)
-    create_btn.click(
-        create, [team, scope, days], [secret, keys], api_name="admin_create_key", **private
+    v.refresh_btn.click(fill, None, v.overview, api_name="admin_overview", **private)
+    v.create_btn.click(
+        create, v.key_inputs, [v.secret, v.keys], api_name="admin_create_key", **private
     )
-    revoke_btn.click(revoke, [revoke_id], [keys], api_name="admin_revoke_key", **private)
-    return fill, outputs
+    v.revoke_btn.click(revoke, [v.revoke_id], [v.keys], api_name="admin_revoke_key", **private)
+    return fill, v.overview

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 from core.audit.query import AuditFilters, AuditRecord, Bucket
 from core.errors import InvalidRequest
 from core.services import Services
-from core.ui.session import check, principal_of, record_ok, shown_as_error
+from core.ui.session import ui_call
 
 PAGE_SIZE = 50
 RANGES = {
@@ -136,11 +137,12 @@ def chain_status(services: Services) -> str:
     )
 
 
-def load(services: Services, f: FilterInput, page: int, request: gr.Request) -> tuple[Any, ...]:
+def load(
+    services: Services, f: FilterInput, page: int, request: gr.Request | None
+) -> tuple[Any, ...]:
     """Everything the tab shows for these filters and page; the viewing is audited."""
-    with shown_as_error():
-        principal = principal_of(request)
-        check(services, principal, None, "read_audit", request)
+    with ui_call(services, request) as call:
+        call.check(None, "read_audit")
         filters = to_filters(f)
         total = services.auditor.query(filters, page=1, page_size=1).total
         pages = max(1, -(-total // PAGE_SIZE))
@@ -150,7 +152,7 @@ def load(services: Services, f: FilterInput, page: int, request: gr.Request) -> 
             to_filters(f, flagged_only=True), page=1, page_size=PAGE_SIZE
         )
         over_time, refusals, tokens = charts(services, filters, _bucket(f))
-        record_ok(services, principal, "audit_view", None, request, f"page {page}")
+        call.record_ok("audit_view", None, f"page {page}")
         return (
             table_view(result.rows),
             f"Page {page} of {pages} · {total} events",
@@ -163,27 +165,37 @@ def load(services: Services, f: FilterInput, page: int, request: gr.Request) -> 
         )
 
 
-def export(services: Services, f: FilterInput, request: gr.Request) -> Any:
+def export(services: Services, f: FilterInput, request: gr.Request | None) -> Any:
     """The current filter's events as a CSV file (audited as `audit_export`)."""
-    with shown_as_error():
-        principal = principal_of(request)
-        check(services, principal, None, "read_audit", request)
+    with ui_call(services, request) as call:
+        call.check(None, "read_audit")
         csv_text = services.auditor.export_csv(to_filters(f))
         out = Path(tempfile.mkdtemp(prefix="tl-audit-")) / "audit-export.csv"
         out.write_text(csv_text, encoding="utf-8")
-        record_ok(services, principal, "audit_export", None, request)
+        call.record_ok("audit_export", None)
         return gr.update(value=str(out), visible=True)
 
 
-def build_audit_tab(services: Services) -> Any:
-    """Lay out the Audit tab's contents and wire them; returns the event that fills it."""
-    team_choices = [("All teams", "all")] + [(t.display_name, t.id) for t in services.tenants.all()]
-    with gr.Row():
-        time_range = gr.Dropdown(list(RANGES), value="Last 24 hours", label="Time range")
-        team = gr.Dropdown(team_choices, value="all", label="Team", elem_id="audit-team")
-        user = gr.Textbox(label="User (subject or email)", max_length=200)
-        action = gr.Textbox(label="Action", max_length=64, placeholder="chat, upload, …")
-        outcome = gr.Dropdown(OUTCOMES, value="any", label="Outcome")
+@dataclass
+class AuditView:
+    """The Audit tab's components, for wiring."""
+
+    filters: list[Any]  # time range, team, user, action, outcome (FilterInput's order)
+    apply_btn: gr.Button
+    export_btn: gr.Button
+    export_file: gr.File
+    results: list[Any]  # what `load` returns, in its order
+    prev_btn: gr.Button
+    next_btn: gr.Button
+    page: gr.State
+
+
+def build_audit_tab(services: Services) -> tuple[Callable[..., Any], list[Any], list[Any]]:
+    """Lay out the Audit tab's contents and wire them; returns the event that fills it.
+
+    That is (handler, its inputs, its outputs), for the tab's `select` event.
+    """
+    filters = _filter_row(services)
     with gr.Row():
         apply_btn = gr.Button("Apply filters", variant="primary", elem_id="audit-apply")
         export_btn = gr.Button("Export CSV", elem_id="audit-export")
@@ -210,28 +222,45 @@ def build_audit_tab(services: Services) -> Any:
         interactive=False,
     )
     page = gr.State(1)
-    widgets = [time_range, team, user, action, outcome]
-    outputs = [table, page_label, page, over_time, refusals, tokens, chain, flagged]
+    results = [table, page_label, page, over_time, refusals, tokens, chain, flagged]
+    view = AuditView(filters, apply_btn, export_btn, export_file, results, prev_btn, next_btn, page)
+    return _wire(services, view)
 
-    def show(tr: str, tm: str, us: str, ac: str, oc: str, pg: int, request: gr.Request):
+
+def _filter_row(services: Services) -> list[Any]:
+    team_choices = [("All teams", "all")] + [(t.display_name, t.id) for t in services.tenants.all()]
+    with gr.Row():
+        time_range = gr.Dropdown(list(RANGES), value="Last 24 hours", label="Time range")
+        team = gr.Dropdown(team_choices, value="all", label="Team", elem_id="audit-team")
+        user = gr.Textbox(label="User (subject or email)", max_length=200)
+        action = gr.Textbox(label="Action", max_length=64, placeholder="chat, upload, …")
+        outcome = gr.Dropdown(OUTCOMES, value="any", label="Outcome")
+    return [time_range, team, user, action, outcome]
+
+
+def _wire(services: Services, v: AuditView) -> tuple[Callable[..., Any], list[Any], list[Any]]:
+    def show(
+        tr: str, tm: str, us: str, ac: str, oc: str, pg: int, request: gr.Request
+    ) -> tuple[Any, ...]:
         return load(services, FilterInput(tr, tm, us, ac, oc), int(pg or 1), request)
 
-    def csv(tr: str, tm: str, us: str, ac: str, oc: str, request: gr.Request):
+    def csv(tr: str, tm: str, us: str, ac: str, oc: str, request: gr.Request) -> Any:
         return export(services, FilterInput(tr, tm, us, ac, oc), request)
 
     private: dict[str, Any] = {"api_visibility": "private"}
     first = gr.State(1)
-    apply_btn.click(show, [*widgets, first], outputs, api_name="audit_query", **private)
+    widgets, outputs, page = v.filters, v.results, v.page
+    v.apply_btn.click(show, [*widgets, first], outputs, api_name="audit_query", **private)
     # Named events: tests and the guard's audit rows refer to them by name, not position.
-    prev_btn.click(
+    v.prev_btn.click(
         lambda p: max(1, int(p) - 1),
         [page],
         [page],
         api_name="audit_prev_page",
         **private,
     ).then(show, [*widgets, page], outputs, api_name="audit_show_prev", **private)
-    next_btn.click(
+    v.next_btn.click(
         lambda p: int(p) + 1, [page], [page], api_name="audit_next_page", **private
     ).then(show, [*widgets, page], outputs, api_name="audit_show_next", **private)
-    export_btn.click(csv, widgets, [export_file], api_name="audit_export", **private)
+    v.export_btn.click(csv, widgets, [v.export_file], api_name="audit_export", **private)
     return show, [*widgets, first], outputs

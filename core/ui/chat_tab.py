@@ -10,25 +10,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
 
+from core.audit.auditor import caller_of
 from core.chat import conversations as conv
-from core.chat.turn import ChatRequest, start_chat_turn
+from core.chat.request import ChatRequest
+from core.chat.turn import ChatTurn, start_chat_turn
 from core.errors import InvalidRequest, TenantLLMError
+from core.identity import Principal
 from core.services import Services
 from core.ui.render import answer_html, inline_text, sanitize_html
-from core.ui.session import check, client_of, principal_of, shown_as_error, user_message
+from core.ui.session import shown_error, ui_call
 
 log = logging.getLogger(__name__)
 
 STOPPED_NOTE = "\n\n*(stopped)*"
 IDLE_LABEL = "Assistant"
 BUSY_LABEL = "Assistant · answering…"
+
+# What a chat handler yields: (chatbot, conversation id, conversation list, textbox).
+Updates = AsyncGenerator[tuple[Any, ...], None]
 
 
 def sources_html(sources: list[dict[str, Any]]) -> str:
@@ -74,6 +80,10 @@ def _idle(messages: list[dict[str, Any]]) -> Any:
     return gr.update(value=messages, label=IDLE_LABEL)
 
 
+def _assistant(answer: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": answer_html(answer)}
+
+
 def _choices(services: Services, owner: str, tenant_id: str) -> list[tuple[str, str]]:
     items = conv.list_conversations(services.settings.resolved_database_url, owner, tenant_id)
     return [(c.title, c.id) for c in items]
@@ -83,80 +93,109 @@ def _history(messages: list[conv.StoredMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
+@dataclass(frozen=True)
+class _Question:
+    """A question the caller may ask in this team, with the conversation it continues."""
+
+    principal: Principal
+    team: str
+    text: str
+    stored: list[conv.StoredMessage]  # the conversation so far, from the database
+    shown: list[dict[str, Any]]  # the same as Chatbot messages, and the question under it
+
+
+def _admit(
+    services: Services,
+    message: str,
+    team: str | None,
+    conversation_id: str | None,
+    request: gr.Request | None,
+) -> _Question:
+    """Check the question and the caller's right to ask it; load the conversation so far."""
+    db = services.settings.resolved_database_url
+    with ui_call(services, request) as call:
+        text = (message or "").strip()
+        if not text:
+            raise InvalidRequest("Type a question first.")
+        if not team:
+            raise InvalidRequest("Choose a team first.")
+        call.check(team, "chat")
+        stored: list[conv.StoredMessage] = []
+        if conversation_id:
+            found = conv.get_conversation(db, call.principal.subject, team, conversation_id)
+            stored = found.messages
+    shown = [*to_chat_messages(stored), {"role": "user", "content": answer_html(text)}]
+    return _Question(call.principal, team, text, stored, shown)
+
+
+def _chat_request(question: _Question, request: gr.Request | None) -> ChatRequest:
+    client_ip, user_agent = caller_of(request)
+    return ChatRequest(
+        tenant_id=question.team,
+        question=question.text,
+        history=_history(question.stored),
+        channel="ui",
+        client_ip=client_ip,
+        user_agent=user_agent,
+    )
+
+
 async def send_message(
     services: Services,
     message: str,
     team: str | None,
     conversation_id: str | None,
-    request: gr.Request,
-) -> AsyncGenerator[tuple[Any, ...], None]:
+    request: gr.Request | None,
+) -> Updates:
     """Stream one answer; save the question and the (possibly stopped) answer afterwards.
 
     Yields (chatbot, conversation id, conversation list, textbox).
     """
-    db = services.settings.resolved_database_url
-    with shown_as_error():
-        principal = principal_of(request)
-        question = (message or "").strip()
-        if not question:
-            raise InvalidRequest("Type a question first.")
-        if not team:
-            raise InvalidRequest("Choose a team first.")
-        check(services, principal, team, "chat", request)
-        stored = (
-            conv.get_conversation(db, principal.subject, team, conversation_id).messages
-            if conversation_id
-            else []
-        )
-    shown = [*to_chat_messages(stored), {"role": "user", "content": answer_html(question)}]
-    pending = [*shown, {"role": "assistant", "content": "…"}]
+    question = _admit(services, message, team, conversation_id, request)
+    pending = [*question.shown, {"role": "assistant", "content": "…"}]
     yield _busy(pending), conversation_id, gr.update(), ""
-    ip, agent = client_of(request)
-    chat_request = ChatRequest(
-        tenant_id=team,
-        question=question,
-        history=_history(stored),
-        channel="ui",
-        client_ip=ip,
-        user_agent=agent,
-    )
     try:
-        turn = await start_chat_turn(services, principal, chat_request)
+        turn = await start_chat_turn(services, question.principal, _chat_request(question, request))
     except Exception as exc:
         if not isinstance(exc, TenantLLMError):
             log.exception("starting a chat turn failed")
         # Nothing was said: restore the chat and give the question back to edit or resend.
-        yield _idle(to_chat_messages(stored)), conversation_id, gr.update(), message
-        raise gr.Error(user_message(exc), print_exception=False) from None
+        yield _idle(to_chat_messages(question.stored)), conversation_id, gr.update(), message
+        raise shown_error(exc) from None
     if not conversation_id:
-        conversation_id = conv.create_conversation(db, principal.subject, team, question[:60])
+        db = services.settings.resolved_database_url
+        subject = question.principal.subject
+        conversation_id = conv.create_conversation(db, subject, question.team, question.text[:60])
+    # aclosing: closing this generator (Stop) closes the answer's at once, not at GC.
+    async with aclosing(_answer(services, question, turn, conversation_id)) as updates:
+        async for update in updates:
+            yield update
+
+
+async def _answer(
+    services: Services, question: _Question, turn: ChatTurn, conversation_id: str
+) -> Updates:
+    """Stream the answer under the question; save both however the stream ends."""
     sources = [asdict(s) for s in turn.sources]
     sources_msg = _sources_message(sources)
-    choices = gr.update(choices=_choices(services, principal.subject, team), value=conversation_id)
-    answer = ""
-    finished = False
+    listed = _choices(services, question.principal.subject, question.team)
+    choices = gr.update(choices=listed, value=conversation_id)
+    answer, finished = "", False
     stream = turn.stream()
     try:
         async for chunk in stream:
             answer = chunk.text
             # Sources are known before the first token: shown under the answer from the start,
             # so they stay visible when the person stops the answer.
-            answer_msg = {"role": "assistant", "content": answer_html(answer)}
-            yield _busy([*shown, answer_msg, sources_msg]), conversation_id, choices, ""
+            shown = [*question.shown, _assistant(answer), sources_msg]
+            yield _busy(shown), conversation_id, choices, ""
         finished = True
     except TenantLLMError as exc:
-        yield (
-            _idle([*shown, {"role": "assistant", "content": answer_html(answer)}]),
-            (conversation_id),
-            choices,
-            "",
-        )
-        raise gr.Error(user_message(exc), print_exception=False) from None
-    except (asyncio.CancelledError, GeneratorExit):
-        raise
-    except Exception as exc:
+        yield _idle([*question.shown, _assistant(answer)]), conversation_id, choices, ""
+        raise shown_error(exc) from None
+    except Exception as exc:  # CancelledError and GeneratorExit (Stop) are not caught here
         log.exception("chat stream failed")
-        raise gr.Error(user_message(exc), print_exception=False) from exc
+        raise shown_error(exc) from exc
     finally:
         # Stop cancels Gradio's task; when that lands outside our generators, Gradio only
         # closes its own wrapper, and this turn's stream would wait for the garbage collector
@@ -164,40 +203,48 @@ async def send_message(
         await stream.aclose()
         turn.abandon()
         saved = answer + ("" if finished else STOPPED_NOTE)
-        conv.append_messages(
-            db,
-            principal.subject,
-            team,
-            conversation_id,
-            [conv.StoredMessage("user", question), conv.StoredMessage("assistant", saved, sources)],
-        )
-    final = [*shown, {"role": "assistant", "content": answer_html(answer)}]
-    yield _idle([*final, sources_msg]), conversation_id, choices, ""
+        _save(services, question, conversation_id, saved, sources)
+    yield _idle([*question.shown, _assistant(answer), sources_msg]), conversation_id, choices, ""
+
+
+def _save(
+    services: Services,
+    question: _Question,
+    conversation_id: str,
+    answer: str,
+    sources: list[dict[str, Any]],
+) -> None:
+    exchange = [
+        conv.StoredMessage("user", question.text),
+        conv.StoredMessage("assistant", answer, sources),
+    ]
+    db = services.settings.resolved_database_url
+    conv.append_messages(db, question.principal.subject, question.team, conversation_id, exchange)
 
 
 def open_conversation(
-    services: Services, conversation_id: str | None, team: str | None, request: gr.Request
-):
+    services: Services, conversation_id: str | None, team: str | None, request: gr.Request | None
+) -> tuple[Any, ...]:
     """Show a saved conversation of this user in this team."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not conversation_id or not team:
             return [], None, ""
-        check(services, principal, team, "chat", request)
+        call.check(team, "chat")
         found = conv.get_conversation(
-            services.settings.resolved_database_url, principal.subject, team, conversation_id
+            services.settings.resolved_database_url, call.principal.subject, team, conversation_id
         )
         return to_chat_messages(found.messages), found.id, found.title
 
 
-def list_for_team(services: Services, team: str | None, request: gr.Request):
+def list_for_team(
+    services: Services, team: str | None, request: gr.Request | None
+) -> tuple[Any, ...]:
     """The conversation list of the chosen team (and an empty chat): used on team switch."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not team:
             return gr.update(choices=[], value=None), [], None, ""
-        check(services, principal, team, "chat", request)
-        choices = _choices(services, principal.subject, team)
+        call.check(team, "chat")
+        choices = _choices(services, call.principal.subject, team)
         return gr.update(choices=choices, value=None), [], None, ""
 
 
@@ -206,32 +253,30 @@ def rename_current(
     conversation_id: str | None,
     team: str | None,
     title: str,
-    request: gr.Request,
-):
+    request: gr.Request | None,
+) -> Any:
     """Rename the open conversation."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not conversation_id or not team:
             raise InvalidRequest("Open a conversation first.")
-        check(services, principal, team, "chat", request)
+        call.check(team, "chat")
         db = services.settings.resolved_database_url
-        conv.rename_conversation(db, principal.subject, team, conversation_id, title)
-        choices = _choices(services, principal.subject, team)
+        conv.rename_conversation(db, call.principal.subject, team, conversation_id, title)
+        choices = _choices(services, call.principal.subject, team)
         return gr.update(choices=choices, value=conversation_id)
 
 
 def delete_current(
-    services: Services, conversation_id: str | None, team: str | None, request: gr.Request
-):
+    services: Services, conversation_id: str | None, team: str | None, request: gr.Request | None
+) -> tuple[Any, ...]:
     """Delete the open conversation; the chat is emptied."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not conversation_id or not team:
             raise InvalidRequest("Open a conversation first.")
-        check(services, principal, team, "chat", request)
+        call.check(team, "chat")
         db = services.settings.resolved_database_url
-        conv.delete_conversation(db, principal.subject, team, conversation_id)
-        choices = _choices(services, principal.subject, team)
+        conv.delete_conversation(db, call.principal.subject, team, conversation_id)
+        choices = _choices(services, call.principal.subject, team)
         gr.Info("Conversation deleted.")
         return gr.update(choices=choices, value=None), [], None, ""
 
@@ -257,41 +302,9 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
     conversation_id = gr.State(None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=220, elem_classes="tl-sidebar"):
-            new_btn = gr.Button("New conversation", size="sm", elem_id="conv-new")
-            conv_list = gr.Radio(label="Your conversations", choices=[], elem_id="conv-list")
-            with gr.Accordion("Rename or delete", open=False, elem_id="conv-manage"):
-                title_box = gr.Textbox(label="Title", max_length=80, elem_id="conv-title")
-                with gr.Row():
-                    rename_btn = gr.Button("Rename", size="sm", elem_id="conv-rename")
-                    delete_btn = gr.Button(
-                        "Delete", size="sm", variant="stop", elem_id="conv-delete"
-                    )
+            new_btn, conv_list, title_box, rename_btn, delete_btn = _sidebar()
         with gr.Column(scale=4):
-            chatbot = gr.Chatbot(
-                label=IDLE_LABEL,
-                elem_id="chatbot",
-                height="60vh",
-                sanitize_html=True,
-                allow_tags=False,
-                # Messages are already inert HTML (core/ui/render.py): the browser must not
-                # parse them as markdown again, or escaped markdown would become live.
-                render_markdown=False,
-                feedback_options=None,
-                # No copy button: it copies a message's raw value, which is our HTML.
-                buttons=[],
-                placeholder="Ask a question about your team's documents.",
-            )
-            with gr.Row(elem_classes="tl-composer"):
-                textbox = gr.Textbox(
-                    show_label=False,
-                    placeholder="Ask a question…",
-                    scale=6,
-                    lines=1,
-                    max_lines=6,
-                    elem_id="chat-input",
-                )
-                send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80)
-                stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+            chatbot, textbox, send_btn, stop_btn = _conversation()
     view = ChatView(
         conversation_id, conv_list, title_box, chatbot, textbox,
         new_btn, rename_btn, delete_btn, send_btn, stop_btn,
@@ -299,12 +312,64 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
     _wire(services, team, view)
 
 
+def _sidebar() -> tuple[gr.Button, gr.Radio, gr.Textbox, gr.Button, gr.Button]:
+    new_btn = gr.Button("New conversation", size="sm", elem_id="conv-new")
+    conv_list = gr.Radio(label="Your conversations", choices=[], elem_id="conv-list")
+    with gr.Accordion("Rename or delete", open=False, elem_id="conv-manage"):
+        title_box = gr.Textbox(label="Title", max_length=80, elem_id="conv-title")
+        with gr.Row():
+            rename_btn = gr.Button("Rename", size="sm", elem_id="conv-rename")
+            delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="conv-delete")
+    return new_btn, conv_list, title_box, rename_btn, delete_btn
+
+
+def _conversation() -> tuple[gr.Chatbot, gr.Textbox, gr.Button, gr.Button]:
+    chatbot = gr.Chatbot(
+        label=IDLE_LABEL,
+        elem_id="chatbot",
+        height="60vh",
+        sanitize_html=True,
+        allow_tags=False,
+        # Messages are already inert HTML (core/ui/render.py): the browser must not
+        # parse them as markdown again, or escaped markdown would become live.
+        render_markdown=False,
+        feedback_options=None,
+        # No copy button: it copies a message's raw value, which is our HTML.
+        buttons=[],
+        placeholder="Ask a question about your team's documents.",
+    )
+    with gr.Row(elem_classes="tl-composer"):
+        textbox = gr.Textbox(
+            show_label=False,
+            placeholder="Ask a question…",
+            scale=6,
+            lines=1,
+            max_lines=6,
+            elem_id="chat-input",
+        )
+        send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80)
+        stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+    return chatbot, textbox, send_btn, stop_btn
+
+
 def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Handlers close over `services`; everything user-related is re-read from the request.
-    # This page's answers in flight, by Gradio session (bound to one principal by the guard).
-    running: dict[str, tuple[AsyncGenerator[tuple[Any, ...], None], asyncio.Event]] = {}
+    # The order of the events is the order Gradio numbers them in (fn_index): keep it.
+    send, stop = _answer_handlers(services)
+    _wire_answers(send, stop, team, v)
+    _wire_conversations(services, team, v)
 
-    async def send(message: str, team_id: str | None, cid: str | None, request: gr.Request):
+
+def _answer_handlers(
+    services: Services,
+) -> tuple[Callable[..., Updates], Callable[[gr.Request], Awaitable[Any]]]:
+    """The Send and Stop handlers of one page, sharing the answers in flight."""
+    # This page's answers in flight, by Gradio session (bound to one principal by the guard).
+    running: dict[str, tuple[Updates, asyncio.Event]] = {}
+
+    async def send(
+        message: str, team_id: str | None, cid: str | None, request: gr.Request
+    ) -> Updates:
         # aclosing: closing this generator (Stop) closes the chat turn's at once, not at GC.
         key = getattr(request, "session_hash", None) or ""  # None: called outside Gradio
         stopped = asyncio.Event()
@@ -319,7 +384,7 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
                 if running.get(key, (None,))[0] is updates:
                     del running[key]
 
-    async def stop(request: gr.Request):
+    async def stop(request: gr.Request) -> Any:
         # Gradio's cancel only reaches our generators when it lands inside them; landing
         # between two updates it drops them, and the engine request would run on until the
         # garbage collector closes them. So Stop ends this session's answer itself: closed
@@ -332,19 +397,15 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
                 await updates.aclose()
         return gr.update(label=IDLE_LABEL)
 
-    def open_(cid: str | None, team_id: str | None, request: gr.Request):
-        return open_conversation(services, cid, team_id, request)
+    return send, stop
 
-    def switch(team_id: str | None, request: gr.Request):
-        return list_for_team(services, team_id, request)
 
-    def rename(cid: str | None, team_id: str | None, title: str, request: gr.Request):
-        return rename_current(services, cid, team_id, title, request)
-
-    def delete(cid: str | None, team_id: str | None, request: gr.Request):
-        return delete_current(services, cid, team_id, request)
-
-    cleared = [v.conv_list, v.chatbot, v.conversation_id, v.title_box]
+def _wire_answers(
+    send: Callable[..., Updates],
+    stop: Callable[[gr.Request], Awaitable[Any]],
+    team: gr.Dropdown,
+    v: ChatView,
+) -> None:
     private: dict[str, Any] = {"api_visibility": "private"}
     # The engine and the per-tenant caps limit generation; the UI must not serialize users.
     chat_io = (
@@ -359,6 +420,23 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     ]
     # Cancelling the event cancels the generator, which closes the engine stream (abort).
     v.stop_btn.click(stop, None, [v.chatbot], cancels=events, api_name="chat_stop", **private)
+
+
+def _wire_conversations(services: Services, team: gr.Dropdown, v: ChatView) -> None:
+    def open_(cid: str | None, team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return open_conversation(services, cid, team_id, request)
+
+    def switch(team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return list_for_team(services, team_id, request)
+
+    def rename(cid: str | None, team_id: str | None, title: str, request: gr.Request) -> Any:
+        return rename_current(services, cid, team_id, title, request)
+
+    def delete(cid: str | None, team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return delete_current(services, cid, team_id, request)
+
+    cleared = [v.conv_list, v.chatbot, v.conversation_id, v.title_box]
+    private: dict[str, Any] = {"api_visibility": "private"}
     v.conv_list.input(
         open_,
         [v.conv_list, team],

@@ -9,7 +9,6 @@ signed-in user (STACK_NOTES 1.5), and the knowledge service keeps its own (encry
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import InvalidRequest, TenantLLMError
-from core.identity import Principal
 from core.knowledge.service import IngestOutcome
 from core.services import Services
+from core.ui.gradio_guard.uploads import delete_upload
 from core.ui.render import inline_markdown
-from core.ui.session import check, may, principal_of, record_ok, shown_as_error, user_message
+from core.ui.session import UiCall, may, ui_call, user_message
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,9 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
-def _documents(services: Services, principal: Principal, team: str, request: gr.Request):
-    check(services, principal, team, "read_documents", request)
+def _documents(call: UiCall, team: str) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    call.check(team, "read_documents")
+    services = call.services
     docs = services.knowledge.list_documents(services.tenants.get(team))
     rows = [
         [
@@ -58,16 +58,15 @@ def _documents(services: Services, principal: Principal, team: str, request: gr.
     return pd.DataFrame(rows, columns=DOC_COLUMNS), [(d.filename, d.id) for d in docs]
 
 
-def refresh(services: Services, team: str | None, request: gr.Request) -> tuple[Any, ...]:
+def refresh(services: Services, team: str | None, request: gr.Request | None) -> tuple[Any, ...]:
     """The team's list, and whether this user gets the upload and delete controls."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not team:
             empty = pd.DataFrame([], columns=DOC_COLUMNS)
             hidden = gr.update(visible=False)
             return empty, gr.update(choices=[], value=None), hidden, hidden, ""
-        table, choices = _documents(services, principal, team, request)
-        editor = may(principal, team, "upload")
+        table, choices = _documents(call, team)
+        editor = may(call.principal, team, "upload")
         note = "" if editor else "You can read this team's document list; editors add documents."
         shown = gr.update(visible=editor)
         return table, gr.update(choices=choices, value=None), shown, shown, note
@@ -82,14 +81,6 @@ def _outcome_row(outcome: IngestOutcome) -> list[Any]:
     return [outcome.filename, label, outcome.chunks, detail]
 
 
-def _discard_upload(path: Path) -> None:
-    # Gradio stores each upload as <temp>/<sha256>/<name>: remove the file and its folder.
-    path.unlink(missing_ok=True)
-    # Not empty (another upload with the same content) or already gone: leave it to Gradio.
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()
-
-
 def _ingest_one(services: Services, team: str, path: Path, uploader: str) -> IngestOutcome:
     try:
         [outcome] = services.knowledge.ingest(
@@ -102,57 +93,84 @@ def _ingest_one(services: Services, team: str, path: Path, uploader: str) -> Ing
         log.exception("ingesting %s failed", path.name)
         return IngestOutcome(path.name, "refused", error=user_message(RuntimeError()))
     finally:
-        _discard_upload(path)
+        delete_upload(str(path))
+
+
+def _ingest_all(
+    call: UiCall, team: str, paths: list[Path], progress: gr.Progress
+) -> list[list[Any]]:
+    """One outcome row per file, in order; the progress bar follows the files."""
+    uploader = call.principal.email or call.principal.subject
+    rows = []
+    for i, path in enumerate(paths):
+        progress((i, len(paths)), desc=f"Indexing {path.name}", unit="files")
+        rows.append(_outcome_row(_ingest_one(call.services, team, path, uploader)))
+    progress((len(paths), len(paths)), desc="Done", unit="files")
+    return rows
+
+
+def _summary(rows: list[list[Any]]) -> str:
+    # A refusal is audited with its reason (over a cap, the quota, a bad file).
+    return "; ".join(
+        f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}" for r in rows
+    )
 
 
 def upload(
     services: Services,
     files: list[str] | None,
     team: str | None,
-    request: gr.Request,
+    request: gr.Request | None,
     progress: gr.Progress,
 ) -> tuple[Any, ...]:
     """Ingest each file on its own: one bad file never loses the good ones."""
     paths = [Path(f) for f in files or []]
     try:
-        with shown_as_error():
-            principal = principal_of(request)
+        with ui_call(services, request) as call:
             if not team:
                 raise InvalidRequest("Choose a team first.")
             if not paths:
                 raise InvalidRequest("Choose one or more files first.")
-            check(services, principal, team, "upload", request)
+            call.check(team, "upload")
             started = time.monotonic()
-            rows = []
-            for i, path in enumerate(paths):
-                progress((i, len(paths)), desc=f"Indexing {path.name}", unit="files")
-                outcome = _ingest_one(services, team, path, principal.email or principal.subject)
-                rows.append(_outcome_row(outcome))
-            progress((len(paths), len(paths)), desc="Done", unit="files")
-            # A refusal is audited with its reason (over a cap, the quota, a bad file).
-            summary = "; ".join(
-                f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}" for r in rows
-            )
-            record_ok(services, principal, "ui_upload", team, request, summary[:500], started)
-            table, choices = _documents(services, principal, team, request)
+            rows = _ingest_all(call, team, paths, progress)
+            call.record_ok("ui_upload", team, _summary(rows)[:500], started)
+            table, choices = _documents(call, team)
     finally:
         for path in paths:  # refused before ingestion: the files must not stay either
-            _discard_upload(path)
+            delete_upload(str(path))
     return pd.DataFrame(rows, columns=OUTCOME_COLUMNS), None, table, gr.update(choices=choices)
 
 
-def delete(services: Services, doc_id: str | None, team: str | None, request: gr.Request):
+def delete(
+    services: Services, doc_id: str | None, team: str | None, request: gr.Request | None
+) -> tuple[Any, ...]:
     """Delete one document of the team (after the confirmation)."""
-    with shown_as_error():
-        principal = principal_of(request)
+    with ui_call(services, request) as call:
         if not doc_id or not team:
             raise InvalidRequest("Choose a document to delete first.")
-        check(services, principal, team, "delete_document", request)
+        call.check(team, "delete_document")
         services.knowledge.delete_document(services.tenants.get(team), doc_id)
-        record_ok(services, principal, "ui_delete_document", team, request, doc_id)
-        table, choices = _documents(services, principal, team, request)
+        call.record_ok("ui_delete_document", team, doc_id)
+        table, choices = _documents(call, team)
         gr.Info("Document deleted.")
         return table, gr.update(choices=choices, value=None), gr.update(visible=False)
+
+
+def ask_to_delete(
+    services: Services, doc_id: str | None, team: str | None, request: gr.Request | None
+) -> tuple[Any, str]:
+    """The confirmation row for deleting one document of the team, naming it."""
+    with ui_call(services, request) as call:
+        if not team or not doc_id:
+            raise InvalidRequest("Choose a document to delete first.")
+        call.check(team, "delete_document")
+        _, choices = _documents(call, team)
+        name = dict((i, n) for n, i in choices).get(doc_id)
+        if name is None:
+            raise InvalidRequest("This document is not in the team's list any more.")
+        question = f"Delete **{inline_markdown(name)}** from the team's knowledge?"
+        return gr.update(visible=True), question
 
 
 @dataclass
@@ -214,28 +232,22 @@ def build_documents_tab(services: Services, team: gr.Dropdown) -> DocumentsView:
 
 
 def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
-    def reload(team_id: str | None, request: gr.Request):
+    def reload(team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         return refresh(services, team_id, request)
 
-    def do_upload(files, team_id, request: gr.Request, progress=gr.Progress()):
+    def do_upload(
+        files: list[str] | None,
+        team_id: str | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, ...]:
         return upload(services, files, team_id, request, progress)
 
-    def confirm(doc_id: str | None, team_id: str | None, request: gr.Request):
-        return delete(services, doc_id, team_id, request)
+    def pick(doc_id: str | None, team_id: str | None, request: gr.Request) -> tuple[Any, str]:
+        return ask_to_delete(services, doc_id, team_id, request)
 
-    def pick(doc_id: str | None, team_id: str | None, request: gr.Request):
-        with shown_as_error():
-            principal = principal_of(request)
-            if not team_id or not doc_id:
-                raise InvalidRequest("Choose a document to delete first.")
-            check(services, principal, team_id, "delete_document", request)
-            _, choices = _documents(services, principal, team_id, request)
-            name = dict((i, n) for n, i in choices).get(doc_id)
-            if name is None:
-                raise InvalidRequest("This document is not in the team's list any more.")
-            return gr.update(
-                visible=True
-            ), f"Delete **{inline_markdown(name)}** from the team's knowledge?"
+    def confirm(doc_id: str | None, team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return delete(services, doc_id, team_id, request)
 
     private: dict[str, Any] = {"api_visibility": "private"}
     reload_out = [v.table, v.doc_pick, v.editor_box, v.delete_row, v.note]

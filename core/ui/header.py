@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 from functools import lru_cache
-from pathlib import Path
 
 from core.identity import Principal
+from core.resources import assets_dir
 from core.services import Services
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+ASSETS = assets_dir()
 
 
 @lru_cache(maxsize=1)

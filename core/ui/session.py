@@ -3,7 +3,12 @@
 Every Gradio event is callable over HTTP by any signed-in session (STACK_NOTES 1.4), so no
 handler trusts what the page sends: the principal is re-read from the signed session cookie of
 the request on every call, the tenant a dropdown sends is re-checked with `authorize`, and a
-refusal is audited before the person sees it.
+refusal is audited before the person sees it. Each handler starts the same way:
+
+    with ui_call(services, request) as call:   # the principal; failures become gr.Error
+        call.check(team, "chat")                # authorize; a refusal is audited first
+        ...
+        call.record_ok("ui_upload", team, detail)
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 import gradio as gr
 
 from core.audit.auditor import AuditEvent
+from core.auth.principal import principal_from_request
 from core.errors import NotAuthenticated, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal
 from core.rbac import Action, authorize
@@ -29,7 +35,6 @@ GENERIC_ERROR = "Something went wrong on our side. It has been logged; please tr
 
 def principal_of(request: gr.Request | None) -> Principal:
     """The signed-in principal of this request (never a value the page sent)."""
-    from core.auth.principal import principal_from_request
 
     raw = getattr(request, "request", None) if request is not None else None
     principal = principal_from_request(raw) if raw is not None else None
@@ -38,42 +43,63 @@ def principal_of(request: gr.Request | None) -> Principal:
     return principal
 
 
-def client_of(request: gr.Request | None) -> tuple[str | None, str | None]:
-    """Client IP and user agent of the request, for the audit log."""
-    raw = getattr(request, "request", None) if request is not None else None
-    if raw is None:
-        return None, None
-    client = getattr(raw, "client", None)
-    return (getattr(client, "host", None), raw.headers.get("user-agent"))
+@dataclass(frozen=True)
+class UiCall:
+    """One call of a UI handler: who made it, and the checks and audit rows made for them."""
 
+    services: Services
+    principal: Principal
+    request: gr.Request | None
 
-def check(
-    services: Services,
-    principal: Principal,
-    tenant_id: str | None,
-    action: Action,
-    request: gr.Request | None,
-) -> None:
-    """`authorize`, and audit the refusal (outcome `denied`) before raising it."""
-    try:
-        authorize(principal, tenant_id, action)
-    except PermissionDenied as exc:
-        ip, agent = client_of(request)
-        services.auditor.record(
-            AuditEvent(
-                action=f"ui_{action}",
-                outcome="denied",
-                user_sub=principal.subject,
-                user_email=principal.email,
+    def check(self, tenant_id: str | None, action: Action) -> None:
+        """`authorize`, and audit the refusal (outcome `denied`) before raising it."""
+        try:
+            authorize(self.principal, tenant_id, action)
+        except PermissionDenied as exc:
+            self.services.auditor.record(
+                AuditEvent.from_request(
+                    self.request,
+                    action=f"ui_{action}",
+                    outcome="denied",
+                    principal=self.principal,
+                    tenant_id=tenant_id,
+                    status=exc.status,
+                    error_class=type(exc).__name__,
+                    detail=exc.message[:500],
+                )
+            )
+            raise
+
+    def record_ok(
+        self,
+        action: str,
+        tenant_id: str | None,
+        detail: str | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Audit a successful UI action (documents changed, audit log viewed, keys managed)."""
+        self.services.auditor.record(
+            AuditEvent.from_request(
+                self.request,
+                action=action,
+                outcome="ok",
+                principal=self.principal,
                 tenant_id=tenant_id,
-                status=exc.status,
-                client_ip=ip,
-                user_agent=agent,
-                error_class=type(exc).__name__,
-                detail=exc.message[:500],
+                latency_ms=(time.monotonic() - started) * 1000.0 if started else 0.0,
+                detail=detail,
             )
         )
-        raise
+
+
+@contextmanager
+def ui_call(services: Services, request: gr.Request | None) -> Iterator[UiCall]:
+    """The preamble of every handler: who is calling, and their failures shown as `gr.Error`.
+
+    Signed out is `NotAuthenticated` ("Your session has ended..."), shown like any other
+    failure of the block.
+    """
+    with shown_as_error():
+        yield UiCall(services, principal_of(request), request)
 
 
 def may(principal: Principal, tenant_id: str | None, action: Action) -> bool:
@@ -85,32 +111,6 @@ def may(principal: Principal, tenant_id: str | None, action: Action) -> bool:
     return True
 
 
-def record_ok(
-    services: Services,
-    principal: Principal,
-    action: str,
-    tenant_id: str | None,
-    request: gr.Request | None,
-    detail: str | None = None,
-    started: float | None = None,
-) -> None:
-    """Audit a successful UI action (documents changed, audit log viewed, keys managed)."""
-    ip, agent = client_of(request)
-    services.auditor.record(
-        AuditEvent(
-            action=action,
-            outcome="ok",
-            user_sub=principal.subject,
-            user_email=principal.email,
-            tenant_id=tenant_id,
-            latency_ms=(time.monotonic() - started) * 1000.0 if started else 0.0,
-            client_ip=ip,
-            user_agent=agent,
-            detail=detail,
-        )
-    )
-
-
 def user_message(exc: BaseException) -> str:
     """What the person reads for this failure: ours verbatim, anything else generic."""
     if isinstance(exc, RateLimited):
@@ -118,6 +118,11 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, TenantLLMError):
         return exc.message
     return GENERIC_ERROR
+
+
+def shown_error(exc: BaseException) -> gr.Error:
+    """The `gr.Error` the person sees for `exc` (no traceback reaches the page)."""
+    return gr.Error(user_message(exc), print_exception=False)
 
 
 @contextmanager
@@ -146,8 +151,3 @@ def team_choices(services: Services, principal: Principal) -> list[tuple[str, st
     """(display name, id) of the teams this principal may chat with, in registry order."""
     allowed = set(principal.tenants())
     return [(t.display_name, t.id) for t in services.tenants.all() if t.id in allowed]
-
-
-def first_or_none(values: list[Any]) -> Any:
-    """The first element, or None for an empty list."""
-    return values[0] if values else None

@@ -20,8 +20,7 @@ from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.api.errors import error_response
-from core.audit.auditor import Outcome
+from core.auth.principal import principal_from_request
 from core.errors import (
     NotAuthenticated,
     NotFound,
@@ -35,6 +34,7 @@ from core.ui.gradio_guard.routes import Rule, allowed_rule
 from core.ui.gradio_guard.sessions import SessionBindings
 from core.ui.gradio_guard.upload_route import UploadRoute
 from core.ui.gradio_guard.uploads import UploadRegistry, real_path
+from core.web import error_response
 
 MAX_EVENT_BODY = 8 * 1024 * 1024  # a queue/join or cancel body: JSON, kept in memory
 FILE_PREFIX = "/gradio_api/file="
@@ -73,9 +73,10 @@ class GradioGuard:
         rule = allowed_rule(scope["method"], path)
         principal = _principal(scope)
         if rule is None:
-            if principal is not None:  # a teammate probing Gradio's routes is worth a row
-                self._audit(scope, principal, "ui_route", "denied", 404, f"refused {path}")
-            await _answer(scope, receive, send, NotFound("Not found."))
+            # A teammate probing Gradio's routes is worth a row; a signed-out caller is not.
+            await self._not_found(
+                principal, "ui_route", f"refused {path}", "Not found.", scope, receive, send
+            )
             return
         if principal is None and not rule.public:
             err = NotAuthenticated("Sign in first (your session may have ended).")
@@ -108,10 +109,12 @@ class GradioGuard:
             await self._file(principal, path.removeprefix(FILE_PREFIX), scope, receive, send)
 
     # --- pages, sessions, events ---------------------------------------------------------
-    async def _page(self, principal: Principal, scope: Scope, receive: Receive, send: Send):
+    async def _page(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
         if payloads.has_query(scope, "deep_link"):  # deep links are off: no state by link
-            self._audit(scope, principal, "ui_deep_link", "denied", 404, "deep link refused")
-            await _answer(scope, receive, send, NotFound("Links to a saved page state are off."))
+            message = "Links to a saved page state are off."
+            await self._not_found(
+                principal, "ui_deep_link", "deep link refused", message, scope, receive, send
+            )
             return
         await self.app(scope, receive, send)
 
@@ -134,8 +137,10 @@ class GradioGuard:
             return True  # none given: Gradio refuses the request itself
         if self.sessions.claim(session_hash, principal.subject):
             return True
-        self._audit(scope, principal, "ui_session", "denied", 404, "session of someone else")
-        await _answer(scope, receive, send, NotFound("No such session."))
+        detail = "session of someone else"
+        await self._not_found(
+            principal, "ui_session", detail, "No such session.", scope, receive, send
+        )
         return False
 
     async def _queue_data(
@@ -144,8 +149,10 @@ class GradioGuard:
         try:
             session_hash = payloads.query_value(scope, "session_hash")
         except payloads.RepeatedParameter:
-            self._audit(scope, principal, "ui_session", "denied", 404, "session_hash repeated")
-            await _answer(scope, receive, send, NotFound("No such session."))
+            detail = "session_hash repeated"
+            await self._not_found(
+                principal, "ui_session", detail, "No such session.", scope, receive, send
+            )
             return
         if not await self._claimed(principal, session_hash, scope, receive, send):
             return
@@ -188,8 +195,8 @@ class GradioGuard:
         foreign = [p for p in self._inputs(data) if not self.registry.owns(principal.subject, p)]
         if join and foreign:
             detail = f"file input not handed to this user: {os.path.basename(foreign[0])}"
-            self._audit(scope, principal, "ui_file", "denied", 404, detail)
-            await _answer(scope, receive, send, NotFound("That file is not yours to use."))
+            message = "That file is not yours to use."
+            await self._not_found(principal, "ui_file", detail, message, scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -210,8 +217,7 @@ class GradioGuard:
             await self.app(scope, receive, send)
             return
         detail = f"file not handed to this user: {os.path.basename(target)[:200]}"
-        self._audit(scope, principal, "ui_file", "denied", 404, detail)
-        await _answer(scope, receive, send, NotFound("No such file."))
+        await self._not_found(principal, "ui_file", detail, "No such file.", scope, receive, send)
 
     async def _upload(
         self, principal: Principal, scope: Scope, receive: Receive, send: Send
@@ -219,20 +225,23 @@ class GradioGuard:
         route = UploadRoute(self.services, self.registry, principal, scope)
         await route.run(self.app, receive, send)
 
-    def _audit(
+    async def _not_found(
         self,
-        scope: Scope,
         principal: Principal | None,
         action: str,
-        outcome: Outcome,
-        status: int,
         detail: str,
+        message: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
-        events.record(self.services, scope, principal, action, outcome, status, detail)
+        """Answer 404 (`message`) and audit the refusal (`detail`) if someone is signed in."""
+        if principal is not None:
+            events.record(self.services, scope, principal, action, "denied", 404, detail)
+        await _answer(scope, receive, send, NotFound(message))
 
 
 def _principal(scope: Scope) -> Principal | None:
-    from core.auth.principal import principal_from_request
 
     return principal_from_request(Request(scope))
 

@@ -22,16 +22,13 @@ def record(
     error: TenantLLMError | None = None,
 ) -> None:
     """Queue one audit row about this request (client address and user agent included)."""
-    request = Request(scope)
     services.auditor.record(
-        AuditEvent(
+        AuditEvent.from_request(
+            Request(scope),
             action=action,
             outcome=outcome,
-            user_sub=principal.subject if principal else None,
-            user_email=principal.email if principal else None,
+            principal=principal,
             status=status,
-            client_ip=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
             error_class=type(error).__name__ if error else None,
             detail=detail[:500],
         )

@@ -39,7 +39,9 @@ class Rule:
     kind: Kind = "plain"
 
 
-def _rule(name: str, methods: str, pattern: str, public: bool = False, kind: Kind = "plain"):
+def _rule(
+    name: str, methods: str, pattern: str, public: bool = False, kind: Kind = "plain"
+) -> Rule:
     return Rule(name, frozenset(methods.split()), re.compile(pattern), public, kind)
 
 

@@ -19,8 +19,6 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from core.api.body import declared_length
-from core.api.errors import error_response
 from core.audit.auditor import Outcome
 from core.errors import FileTooLarge, PermissionDenied, RateLimited, TenantLLMError
 from core.identity import Principal
@@ -28,6 +26,7 @@ from core.rbac import is_allowed
 from core.services import Services
 from core.ui.gradio_guard import events, payloads
 from core.ui.gradio_guard.uploads import UploadRegistry
+from core.web import declared_length, error_response
 
 ACTION = "ui_upload_file"
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the files of one upload

@@ -102,7 +102,7 @@ class UploadRegistry:
         with self._lock:
             orphans = [p for p in map(real_path, paths) if self._drop(p, subject)]
         for path in orphans:
-            _delete(path)
+            delete_upload(path)
 
     def sweep(self) -> None:
         """Forget expired grants; delete files whose every grant expired or that are gone."""
@@ -122,7 +122,7 @@ class UploadRegistry:
                 elif path not in self._entries:
                     orphans.append(path)
         for path in orphans:
-            _delete(path)
+            delete_upload(path)
 
     def _drop(self, path: str, subject: str) -> bool:
         # Lock held. True when the file has no owner left (the caller deletes it).
@@ -137,7 +137,12 @@ class UploadRegistry:
         return True
 
 
-def _delete(path: str) -> None:
+def delete_upload(path: str) -> None:
+    """Delete one file of the upload folder, and its folder once empty.
+
+    The registry's next sweep forgets a file that is gone (indexed uploads are deleted by the
+    Documents tab this way, as soon as they are ingested).
+    """
     # Gradio stores each file as <folder>/<sha256>/<name>: remove the file and its folder.
     Path(path).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty (another name, same bytes): leave it
