@@ -24,6 +24,7 @@ lint: setup
 	$(BIN)/ruff check core tenant_plugins tests app.py bench
 	$(BIN)/ruff format --check core tenant_plugins tests app.py bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: setup
 	$(BIN)/python -m bench.run

@@ -135,11 +135,10 @@ def _raw_insert(url: str, n: int) -> float:
     if url.startswith("sqlite"):
         with engine.begin() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-    table = AuditEventRow.__table__
     started = time.perf_counter()
     for i in range(0, n, BATCH):
         with engine.begin() as conn:
-            conn.execute(insert(table), rows[i : i + BATCH])
+            conn.execute(insert(AuditEventRow), rows[i : i + BATCH])
     elapsed = time.perf_counter() - started
     engine.dispose()
     return n / elapsed

@@ -375,7 +375,7 @@ class BenchContext:
     def engine(self) -> Any:
         """The product's engine (`core.engine.base.create_engine`), started on first use."""
         if self._engine is None:
-            from core.engine.base import create_engine
+            from core.engine import create_engine
 
             engine = create_engine(self.settings("engine"))
             before = child_pids()
@@ -388,7 +388,7 @@ class BenchContext:
 
     def raw_llm(self) -> Any:
         """The `AsyncLLM` inside the product's engine, to drive it directly as a baseline."""
-        return self.engine()._llm
+        return self.engine().async_llm
 
     def stop_engine(self) -> None:
         """Stop the product engine (before CPU-only benchmarks; it restarts on next use)."""

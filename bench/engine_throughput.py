@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.config import Settings
-from core.engine.base import Engine, GenerationParams, create_engine
+from core.engine import Engine, create_engine
+from core.engine.base import GenerationParams
 from core.engine.model import ensure_bundled_model
 
 PROMPTS = [
@@ -49,7 +50,8 @@ async def measure_throughput(
     async def one(index: int) -> int:
         messages = [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}]
         last = 0
-        async for chunk in engine.stream_chat(messages, params, tenant_id=f"bench-{index % 3}"):
+        options = engine.default_options(f"bench-{index % 3}")
+        async for chunk in engine.stream_chat(messages, params, options):
             last = chunk.completion_tokens
         return last
 

@@ -113,11 +113,11 @@ def kv_budget(fraction_divisor: int) -> Iterator[None]:
 
 
 def build_raw_engine(settings: Any) -> Any:
-    """A bare `AsyncLLM` with exactly the product's engine arguments (VLLMEngine._build)."""
-    from core.engine.inprocess import VLLMEngine
+    """A bare `AsyncLLM` with exactly the product's engine arguments (build_async_llm)."""
+    from core.engine.inprocess import build_async_llm
     from core.engine.model import resolve_model
 
-    return VLLMEngine(settings)._build(resolve_model(settings))
+    return build_async_llm(settings, resolve_model(settings))
 
 
 def raw_prompt(llm: Any, messages: list[dict[str, str]]) -> tuple[list[int], str]:

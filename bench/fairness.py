@@ -30,12 +30,7 @@ FLOOD, QUIET = "flood", "quiet"
 
 
 def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
-    from core.audit.auditor import Auditor
-    from core.auth.group_mapping import GroupMapping
-    from core.db import upgrade_database
-    from core.knowledge.service import KnowledgeService
-    from core.limits import Limits
-    from core.services import Services
+    from core.services import build_services
     from core.tenancy import TenantRegistry
 
     settings = ctx.settings(
@@ -44,7 +39,6 @@ def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
         rate_limit_user="1000000/minute",
         rate_limit_tenant="1000000/minute",
     )
-    upgrade_database(settings.resolved_database_url)
     base = bench_tenant()
     tenants = TenantRegistry(
         [
@@ -52,15 +46,7 @@ def _services(ctx: BenchContext, cap: int, quiet_priority: int) -> Any:
             dataclasses.replace(base, id=QUIET, display_name="Quiet", priority=quiet_priority),
         ]
     )
-    return Services(
-        settings=settings,
-        tenants=tenants,
-        knowledge=KnowledgeService(settings, tenants),
-        auditor=Auditor(settings),
-        limits=Limits(settings),
-        groups=GroupMapping(settings),
-        engine=ctx.engine(),
-    )
+    return build_services(settings, tenants=tenants, engine=ctx.engine())
 
 
 def _principal() -> Any:
@@ -76,7 +62,8 @@ def _principal() -> Any:
 
 async def _turn(services: Any, tenant: str, i: int, max_tokens: int, seed: int) -> float:
     """One chat turn; returns its time to first token in ms (NaN if nothing came)."""
-    from core.chat.turn import ChatRequest, start_chat_turn
+    from core.chat.request import ChatRequest
+    from core.chat.turn import start_chat_turn
 
     request = ChatRequest(
         tenant_id=tenant,

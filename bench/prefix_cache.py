@@ -53,7 +53,8 @@ async def _ask(
     tenant = f"{TENANT}-{uuid.uuid4().hex}" if variant == "none" else TENANT
     started = time.perf_counter()
     ttft, last = float("nan"), None
-    async for chunk in engine.stream_chat(messages, ONE_TOKEN, tenant_id=tenant, user_id=user):
+    options = engine.default_options(tenant, user_id=user)
+    async for chunk in engine.stream_chat(messages, ONE_TOKEN, options):
         if ttft != ttft:  # first chunk
             ttft = (time.perf_counter() - started) * 1000.0
         last = chunk

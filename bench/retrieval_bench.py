@@ -134,7 +134,7 @@ def _fill(ks: Any, tenant: Any, n: int, base: tuple[list[str], Any], seed: int) 
     texts, vectors = base
     rng = np.random.default_rng(seed)
     doc_ids = [f"{tenant.id}{i:04d}".ljust(32, "0")[:32] for i in range(DOCS_PER_TENANT)]
-    store = ks._index(tenant).vector_store  # the tenant's own store, as the product opens it
+    store = ks.vector_store(tenant)  # the tenant's own store, as the product opens it
     started = time.perf_counter()
     for offset in range(0, n, CHROMA_MAX_BATCH):
         size = min(CHROMA_MAX_BATCH, n - offset)
@@ -274,7 +274,8 @@ def _by_size(ctx: BenchContext, ks: Any, model: Any, questions: list[str]) -> di
     """Fill and measure the 1k and 10k stores, then the biggest one that fits the budget."""
     base = _base_vectors(model, ctx.scale(2_000, 200), ctx.seed)
     sizes: dict[str, int] = {"small": ctx.scale(1_000, 200), "ten": ctx.scale(10_000, 1_000)}
-    fills, measured = {}, {}
+    fills: dict[str, float] = {}
+    measured: dict[str, dict[str, Any]] = {}
     for name in ("small", "ten", "big"):
         if name == "big":
             sizes["big"] = _big_size(ctx, sizes["ten"] / fills["ten"])

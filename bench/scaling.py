@@ -32,7 +32,7 @@ async def _request(
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=seed)
     started = time.perf_counter()
     ttft, tokens = float("nan"), 0
-    async for chunk in engine.stream_chat(messages, params, tenant_id="bench"):
+    async for chunk in engine.stream_chat(messages, params, engine.default_options("bench")):
         tokens = chunk.completion_tokens
         if tokens and ttft != ttft:
             ttft = time.perf_counter() - started
@@ -74,7 +74,8 @@ def run(ctx: BenchContext) -> BenchResult:
         return _request(engine, messages[i % len(messages)], max_tokens, ctx.seed)
 
     ctx.run(closed_loop(call, 4, 4))  # warm up
-    rows, data = [], {}
+    rows: list[list[Any]] = []
+    data: dict[int, dict[str, float]] = {}
     for conc in levels:
         if data and ctx.remaining() < RESERVE_S:  # keep the budget for what comes after
             result.notes.append(f"Stopped before concurrency {conc}: time budget.")

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.hookspecs import hookimpl
-from core.tenancy import PromptTemplate, Tenant
+from core import PromptTemplate, Tenant, hookimpl
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex

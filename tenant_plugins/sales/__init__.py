@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.hookspecs import hookimpl
-from core.tenancy import PromptTemplate, Tenant
+from core import PromptTemplate, Tenant, hookimpl
 
 SYSTEM = (
     "You are the assistant of the {tenant_name} team. Be friendly, brief and concrete: "
