@@ -19,7 +19,7 @@ import click
 
 from core.chat.request import ChatRequest
 from core.chat.turn import start_chat_turn
-from core.cli.base import main, user_errors
+from core.cli.base import main, run_interruptible, user_errors
 from core.config import Settings, get_settings
 from core.engine import create_engine
 from core.engine.base import GenerationChunk, GenerationParams
@@ -46,9 +46,11 @@ def ask(
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     settings = get_settings()
     if tenant is None:
-        result = asyncio.run(_ask_direct(settings, question, as_json, max_tokens, temperature))
+        result = run_interruptible(
+            _ask_direct(settings, question, as_json, max_tokens, temperature)
+        )
     else:
-        result = asyncio.run(
+        result = run_interruptible(
             _ask_tenant(settings, tenant, question, as_json, max_tokens, temperature)
         )
     if as_json:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -14,6 +16,7 @@ from core.datadir import restrict_umask
 from core.errors import TenantLLMError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @click.group()
@@ -37,6 +40,41 @@ def user_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def run_interruptible(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)`, where Ctrl-C always ends as "interrupted" (exit 130).
+
+    A terminal's Ctrl-C signals the whole foreground process group, so vLLM's engine process
+    gets it too and dies at the same moment: the answer then fails with "the model stopped
+    working" as often as it is cancelled. Whichever the command notices first, the person
+    pressed Ctrl-C, and that is what they are told.
+    """
+    interrupted = False
+
+    async def until_interrupted() -> T:
+        nonlocal interrupted
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()  # the command's own `finally` blocks still run (engine stop, audit)
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        try:
+            return await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(until_interrupted())
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def configure_logging(level: str) -> None:
