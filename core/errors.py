@@ -111,6 +111,31 @@ class RateLimited(TenantLLMError):
         self.limit = limit
 
 
+class BudgetExceeded(TenantLLMError):
+    """A team's or a member's token budget cannot hold this request until it resets.
+
+    Not a `RateLimited`: retrying in a few seconds does not help. `retry_after` is the
+    seconds until the budget resets, `remaining` the tokens still left under it.
+    """
+
+    status = 429
+    code = "budget_exceeded"
+    error_type = "insufficient_quota"  # OpenAI's type for a spent quota
+
+    def __init__(self, message: str, retry_after: int, remaining: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.remaining = max(0, int(remaining))
+
+
+class BudgetUnavailable(TenantLLMError):
+    """Token budgets apply but cannot be checked (the database is unreachable): fail closed."""
+
+    status = 503
+    code = "budget_unavailable"
+    error_type = "server_error"
+
+
 class PromptRejected(TenantLLMError):
     """A plugin or the injection detector refused the prompt."""
 

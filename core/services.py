@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from core.audit.auditor import Auditor
 from core.auth.group_mapping import GroupMapping
+from core.budgets.store import BudgetStore
 from core.config import Settings
 from core.db import upgrade_database
 from core.engine import Engine, create_engine
@@ -29,6 +30,7 @@ class Services:
     auditor: Auditor
     limits: Limits
     groups: GroupMapping
+    budgets: BudgetStore
     engine: Engine | None = None
 
 
@@ -58,5 +60,6 @@ def build_services(
         auditor=Auditor(settings),
         limits=Limits(settings),
         groups=GroupMapping(settings),
+        budgets=BudgetStore(settings.resolved_database_url),
         engine=engine,
     )

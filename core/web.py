@@ -14,7 +14,13 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import Scope
 
-from core.errors import MethodNotAllowed, NotAuthenticated, RateLimited, TenantLLMError
+from core.errors import (
+    BudgetExceeded,
+    MethodNotAllowed,
+    NotAuthenticated,
+    RateLimited,
+    TenantLLMError,
+)
 
 
 def error_body(err: TenantLLMError, param: str | None = None) -> dict[str, Any]:
@@ -33,6 +39,13 @@ def error_response(err: TenantLLMError, param: str | None = None) -> JSONRespons
             "x-ratelimit-limit-requests": err.limit or "unknown",
             "x-ratelimit-remaining-requests": "0",
             "x-ratelimit-reset-requests": f"{err.retry_after}s",
+        }
+    elif isinstance(err, BudgetExceeded):
+        # x-should-retry: the OpenAI SDKs would otherwise retry a 429 that lasts till the reset.
+        headers = {
+            "Retry-After": str(err.retry_after),
+            "x-should-retry": "false",
+            "x-tenantllm-budget-remaining-tokens": str(err.remaining),
         }
     elif isinstance(err, NotAuthenticated):
         headers = {"WWW-Authenticate": "Bearer"}

@@ -35,7 +35,7 @@ from core.api.stream import (
 from core.audit.auditor import caller_of
 from core.auth.bearer import AuthRuntime, principal_from_bearer, record_refusal
 from core.chat.request import ChatRequest
-from core.chat.turn import start_chat_turn
+from core.chat.turn import ChatTurn, start_chat_turn
 from core.errors import NotAuthenticated, PermissionDenied, TenantLLMError
 from core.identity import Principal
 from core.rbac import authorize, is_allowed
@@ -48,7 +48,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing, invalid, expired or revoked credential"),
         (403, "This credential may not use this tenant"),
         (404, "Unknown model (tenant)"),
-        (429, "Rate limited (see Retry-After)"),
+        (429, "Rate limited, or a token budget is spent (code `budget_exceeded`)"),
         (503, "The engine is starting or overloaded"),
     )
 }
@@ -165,7 +165,7 @@ async def chat_completions(
         user_agent=user_agent,
     )
     turn = await start_chat_turn(services, principal, chat_request)
-    headers = {"x-request-id": turn.request_id}
+    headers = {"x-request-id": turn.request_id, **_budget_headers(turn)}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = turn.stream()
@@ -181,4 +181,25 @@ async def chat_completions(
     if not finished:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     answer = completion(turn, body.model, last)
+    # Settled by now: what is left after what this answer really used.
+    headers.update(_budget_headers(turn))
     return JSONResponse(answer.model_dump(mode="json"), headers=headers)
+
+
+def _budget_headers(turn: ChatTurn) -> dict[str, str]:
+    """What is left of the budgets that apply to the caller (none: no header).
+
+    `x-tenantllm-budget-remaining-tokens` is the tightest of them; the `-team-` and `-user-`
+    ones name each side. On a stream they are sent before the answer, so they count the
+    answer's whole reservation (prompt + max_tokens) as spent.
+    """
+    allowance = turn.allowance
+    if allowance is None or not allowance.limits:
+        return {}
+    headers = {"x-tenantllm-budget-remaining-tokens": str(allowance.remaining())}
+    team, member = allowance.remaining("team"), allowance.remaining("member")
+    if team is not None:
+        headers["x-tenantllm-budget-remaining-team-tokens"] = str(team)
+    if member is not None:
+        headers["x-tenantllm-budget-remaining-user-tokens"] = str(member)
+    return headers

@@ -7,6 +7,12 @@ status before they start streaming. `ChatTurn.stream()` then takes a per-tenant 
 and streams from the shared engine. Exactly one audit event is written per turn: by
 `start_chat_turn` when it refuses, otherwise by `stream()` when it ends (ok, error or cancelled).
 
+Token budgets (core/budgets): the last check before a turn is accepted reserves the most it can
+use (prompt + max_tokens) on the team's and the member's budgets, or refuses it with
+`BudgetExceeded` (audited `rate_limited`, flag `budget_exceeded`). When the stream ends, the
+reservation is replaced by what the engine counted (prompt + completion tokens; nothing if no
+token came back); a turn never streamed gives it back.
+
 The tenant always comes from the server-side registry; client-supplied history is untrusted
 text: only user/assistant turns survive, length-capped, and it never reaches retrieval.
 """
@@ -14,6 +20,7 @@ text: only user/assistant turns survive, length-capped, and it never reaches ret
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 import uuid
@@ -23,11 +30,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
 from core.audit.auditor import AuditEvent
+from core.budgets.allowance import Allowance
+from core.budgets.store import Reservation
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.chat.request import ChatRequest
 from core.engine.base import EngineOptions, GenerationChunk, GenerationParams
 from core.errors import (
+    BudgetExceeded,
     EngineUnavailable,
     InvalidRequest,
     PermissionDenied,
@@ -100,7 +110,7 @@ def _error_detail(error: Exception | None) -> str | None:
 def _outcome_for(error: TenantLLMError) -> tuple[Outcome, int]:
     if isinstance(error, PermissionDenied):
         return "denied", error.status
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | BudgetExceeded):
         return "rate_limited", error.status
     return "error", error.status
 
@@ -117,6 +127,7 @@ class ChatTurn:
         params: GenerationParams,
         options: EngineOptions,
         audit: _AuditContext,
+        reservation: Reservation | None = None,
     ) -> None:
         self.services = services
         self.tenant = tenant
@@ -128,6 +139,10 @@ class ChatTurn:
         self.prompt_tokens = audit.tokens_in
         self._audit = audit
         self._streamed = False
+        self._reservation = reservation
+        # What is left of the budgets that apply (None: none does): after reserving this
+        # turn's most, then, once the stream ended, after settling what it used.
+        self.allowance: Allowance | None = reservation.allowance if reservation else None
 
     def abandon(self) -> None:
         """Audit the turn as cancelled if it was never streamed (its caller gave up first).
@@ -137,6 +152,7 @@ class ChatTurn:
         if not self._streamed:
             self._streamed = True
             self.services.auditor.record(self._audit.event("cancelled", 499, None))
+            self._settle(0)  # rare, one short write: not worth a thread here
 
     async def stream(self) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the answer; write the turn's audit event when the stream ends in any way.
@@ -153,6 +169,7 @@ class ChatTurn:
         outcome: Outcome = "error"
         status = 500
         error: Exception | None = None
+        generated = False
         try:
             async with self.services.limits.generation_slot(self.tenant.id):
                 chunks = engine.stream_chat(self.messages, self.params, self.options)
@@ -160,6 +177,7 @@ class ChatTurn:
                 # in the engine), not whenever the garbage collector gets to it.
                 async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:
                     async for chunk in stream:
+                        generated = True
                         self._audit.tokens_in = chunk.prompt_tokens or self._audit.tokens_in
                         self._audit.tokens_out = chunk.completion_tokens
                         yield chunk
@@ -175,6 +193,16 @@ class ChatTurn:
             raise
         finally:
             self.services.auditor.record(self._audit.event(outcome, status, error))
+            used = self._audit.tokens_in + self._audit.tokens_out if generated else 0
+            # Shielded: a second cancellation must not lose what the turn used (the write
+            # runs to its end in its thread either way).
+            await asyncio.shield(asyncio.to_thread(self._settle, used))
+
+    def _settle(self, used: int) -> None:
+        """Replace this turn's reservation by `used` tokens (once; no-op without budgets)."""
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            self.allowance = self.services.budgets.settle(reservation, used)
 
 
 async def start_chat_turn(
@@ -183,8 +211,9 @@ async def start_chat_turn(
     """Check, retrieve and prepare one chat turn for `principal`; refusals are audited.
 
     Raises TenantNotFound, PermissionDenied, RateLimited, InvalidRequest, PromptTooLong,
-    PromptRejected or EngineUnavailable, each after writing one audit event. Cancelled while
-    preparing (the Stop button before the first token, a client gone), it records `cancelled`.
+    PromptRejected, EngineUnavailable, BudgetExceeded or BudgetUnavailable, each after writing
+    one audit event. Cancelled while preparing (the Stop button before the first token, a
+    client gone), it records `cancelled`.
     """
     audit = _AuditContext(
         action="api_chat" if request.channel == "api" else "chat",
@@ -245,7 +274,39 @@ async def _prepare_turn(
     audit.document_ids = [s.document_id for s in sources]
     audit.tokens_in = tokens
     messages = _apply_prompt_checks(services, principal, tenant, question, history, messages, audit)
-    return ChatTurn(services, tenant, list(sources), messages, params, options, audit)
+    held = await _reserve_budget(services, principal, tenant, tokens + params.max_tokens, audit)
+    return ChatTurn(services, tenant, list(sources), messages, params, options, audit, held)
+
+
+async def _reserve_budget(
+    services: Services, principal: Principal, tenant: Tenant, amount: int, audit: _AuditContext
+) -> Reservation | None:
+    """Hold the most this turn can use on its budgets, or raise BudgetExceeded (flagged)."""
+    reserve = functools.partial(
+        services.budgets.reserve,
+        tenant.id,
+        principal.subject,
+        amount,
+        team_name=tenant.display_name,
+    )
+    pending = asyncio.ensure_future(asyncio.to_thread(reserve))
+    try:
+        return await asyncio.shield(pending)
+    except BudgetExceeded:
+        audit.flags.append("budget_exceeded")
+        raise
+    except asyncio.CancelledError:
+        # The caller gave up while the database reserved: give back what lands after that.
+        pending.add_done_callback(functools.partial(_release_orphan, services))
+        raise
+
+
+def _release_orphan(services: Services, done: asyncio.Future[Reservation | None]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    reservation = done.result()
+    if reservation is not None:
+        services.budgets.settle(reservation, 0)
 
 
 def _apply_prompt_checks(

@@ -3,6 +3,8 @@
 History comes from the database (core/chat/conversations.py), never from the page: the Chatbot's
 value is output only. The conversation id and the team the page sends are re-checked against
 the signed-in user on every call: a conversation id of another user or team is `NotFound`.
+Under the chat, one line says what is left of the token budgets that apply (the person's and
+the team's; core/budgets), refreshed after each answer and on a team switch.
 """
 
 from __future__ import annotations
@@ -222,6 +224,22 @@ def _save(
     conv.append_messages(db, question.principal.subject, question.team, conversation_id, exchange)
 
 
+def allowance_line(services: Services, team: str | None, request: gr.Request | None) -> str:
+    """`You: 9,000 tokens left today · Sales: ...`: the budgets left to this user in `team`.
+
+    Empty when no budget applies (or no team is chosen).
+    """
+    with ui_call(services, request) as call:
+        if not team:
+            return ""
+        call.check(team, "chat")
+        tenant = services.tenants.get(team)
+        allowance = services.budgets.allowance(
+            tenant.id, call.principal.subject, team_name=tenant.display_name
+        )
+    return allowance.summary()
+
+
 def open_conversation(
     services: Services, conversation_id: str | None, team: str | None, request: gr.Request | None
 ) -> tuple[Any, ...]:
@@ -295,6 +313,7 @@ class ChatView:
     delete_btn: gr.Button
     send_btn: gr.Button
     stop_btn: gr.Button
+    allowance: gr.Markdown
 
 
 def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
@@ -305,9 +324,10 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
             new_btn, conv_list, title_box, rename_btn, delete_btn = _sidebar()
         with gr.Column(scale=4):
             chatbot, textbox, send_btn, stop_btn = _conversation()
+            allowance = gr.Markdown("", elem_id="chat-allowance", sanitize_html=True)
     view = ChatView(
         conversation_id, conv_list, title_box, chatbot, textbox,
-        new_btn, rename_btn, delete_btn, send_btn, stop_btn,
+        new_btn, rename_btn, delete_btn, send_btn, stop_btn, allowance,
     )  # fmt: skip
     _wire(services, team, view)
 
@@ -356,8 +376,9 @@ def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
     # Handlers close over `services`; everything user-related is re-read from the request.
     # The order of the events is the order Gradio numbers them in (fn_index): keep it.
     send, stop = _answer_handlers(services)
-    _wire_answers(send, stop, team, v)
+    answers = _wire_answers(send, stop, team, v)
     _wire_conversations(services, team, v)
+    _wire_allowance(services, team, v, answers)  # last: it adds events, numbered after these
 
 
 def _answer_handlers(
@@ -405,7 +426,7 @@ def _wire_answers(
     stop: Callable[[gr.Request], Awaitable[Any]],
     team: gr.Dropdown,
     v: ChatView,
-) -> None:
+) -> list[Any]:
     private: dict[str, Any] = {"api_visibility": "private"}
     # The engine and the per-tenant caps limit generation; the UI must not serialize users.
     chat_io = (
@@ -420,6 +441,7 @@ def _wire_answers(
     ]
     # Cancelling the event cancels the generator, which closes the engine stream (abort).
     v.stop_btn.click(stop, None, [v.chatbot], cancels=events, api_name="chat_stop", **private)
+    return events
 
 
 def _wire_conversations(services: Services, team: gr.Dropdown, v: ChatView) -> None:
@@ -454,3 +476,14 @@ def _wire_conversations(services: Services, team: gr.Dropdown, v: ChatView) -> N
     )
     v.rename_btn.click(rename, [v.conversation_id, team, v.title_box], [v.conv_list], **private)
     v.delete_btn.click(delete, [v.conversation_id, team], cleared, **private)
+
+
+def _wire_allowance(services: Services, team: gr.Dropdown, v: ChatView, answers: list[Any]) -> None:
+    def refresh(team_id: str | None, request: gr.Request) -> str:
+        return allowance_line(services, team_id, request)
+
+    private: dict[str, Any] = {"api_visibility": "private"}
+    # `.then`: after the answer however it ended (a refusal shows what is left too).
+    for event in answers:
+        event.then(refresh, [team], [v.allowance], **private)
+    team.change(refresh, [team], [v.allowance], api_name="chat_allowance", **private)
