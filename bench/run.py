@@ -38,7 +38,8 @@ from bench.common import (
 from bench.merge import merge_results
 
 # Order: the engine benchmarks share one product engine, stopped before the CPU-only ones;
-# retrieval goes last because it sizes its biggest store to the time budget that is left.
+# retrieval goes last because it sizes its biggest store to the time budget that is left
+# (quality, before it, ingests the 10-Q reports from ../shared/eval/ when they are there).
 BENCHMARKS: dict[str, str] = {
     "audit": "bench.audit_overhead",
     "overhead": "bench.overhead",
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, str] = {
     "fairness": "bench.fairness",
     "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
+    "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
 }
 ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "prefix", "scaling"}

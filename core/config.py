@@ -189,6 +189,26 @@ class Settings(BaseSettings):
         1000, ge=1, description="Most MB of documents (original file sizes) one team may store."
     )
     top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question (default).")
+    # retrieval (issue 18)
+    # Hybrid retrieval fuses the dense (vector) ranking with a BM25 keyword ranking by
+    # reciprocal rank fusion: score = sum of weight / (rrf_k + rank). A tenant may set its own
+    # weight (Tenant.keyword_weight).
+    retrieval_keyword_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the BM25 keyword ranking in hybrid retrieval; the dense ranking "
+        "gets 1 minus this (0 = dense only, 1 = keyword only).",
+    )
+    retrieval_candidates: int = Field(
+        20, ge=1, le=200, description="Candidates each ranking (dense, keyword) brings to fusion."
+    )
+    # k=5, not the usual 60: with 20 candidates a side, 60 makes every rank weigh almost the
+    # same and BM25's weak tail outvotes dense; on the 10-Q set (bench/retrieval_quality.py)
+    # k=5 gave hit@5 0.779 vs 0.728 at k=60 (dense alone 0.749-0.759).
+    retrieval_rrf_k: int = Field(
+        5, ge=1, description="The k of reciprocal rank fusion (higher: flatter rank weights)."
+    )
     tenant_plugins: list[str] = Field(
         default_factory=list,
         description="Allow-list of third-party tenant plugins (entry-point names), JSON list.",

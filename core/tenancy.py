@@ -130,7 +130,9 @@ class Tenant:
     """One team: its identity, its voice and (optionally) its own retrieval parts.
 
     `retriever_factory` and `store_factory` are None for the core defaults (see
-    core/knowledge/vectorstore.py). `plugin` is set by the host to the plugin that registered it.
+    core/knowledge/vectorstore.py). The tenant's retriever is the dense side of hybrid
+    retrieval, fused with BM25 by `keyword_weight` (0 keeps the plugin's retriever alone).
+    `plugin` is set by the host to the plugin that registered it.
     """
 
     id: str
@@ -144,6 +146,8 @@ class Tenant:
     lora_path: str | None = None
     retriever_factory: RetrieverFactory | None = None
     store_factory: StoreFactory | None = None
+    # retrieval (issue 18): this team's weight of BM25 in hybrid retrieval (None: the setting).
+    keyword_weight: float | None = None
     plugin: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -161,6 +165,8 @@ class Tenant:
             problems += self.prompt.problems()
         if self.top_k is not None and not 1 <= self.top_k <= 50:
             problems.append("top_k must be between 1 and 50")
+        if self.keyword_weight is not None and not 0.0 <= self.keyword_weight <= 1.0:
+            problems.append("keyword_weight must be between 0 and 1")
         return problems
 
 

@@ -169,7 +169,8 @@ def test_reindex_rebuilds_from_stored_originals(service: KnowledgeService, tmp_p
     [outcome] = service.ingest(
         tenant, [write(tmp_path, "oncall.md", "# On-call\nThe pager rotates on Mondays.")], "t"
     )
-    delete_nodes(service.vector_store(tenant), None)  # only the originals remain
+    delete_nodes(service.vector_store(tenant), None)  # only the originals remain:
+    service.keyword_index(tenant).replace([])  # no vectors, no keyword index
     assert not service.retrieve(tenant, "when does the pager rotate")
     chunks = service.reindex(tenant)
     assert chunks == sum(d.chunks for d in service.list_documents(tenant)) >= 1

@@ -41,7 +41,7 @@ def _print_json(value: Any) -> None:
 
 
 @contextmanager
-def _knowledge(tenant_id: str) -> Iterator[tuple[Services, Tenant]]:
+def operator_knowledge(tenant_id: str) -> Iterator[tuple[Services, Tenant]]:
     """The services (no engine) and the tenant of one command; the audit is flushed after."""
     services = build_services(load_settings())
     tenant = services.tenants.get(tenant_id)
@@ -51,7 +51,9 @@ def _knowledge(tenant_id: str) -> Iterator[tuple[Services, Tenant]]:
         services.auditor.close()
 
 
-def _audit(services: Services, action: str, tenant: Tenant, started: float, **fields: Any) -> None:
+def audit_operator(
+    services: Services, action: str, tenant: Tenant, started: float, **fields: Any
+) -> None:
     # No request: the CLI's caller is the operator on this machine.
     services.auditor.record(
         AuditEvent.from_request(
@@ -104,11 +106,11 @@ def _outcome_line(outcome: IngestOutcome) -> str:
 def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> None:
     """Add files to a tenant's documents (.txt .md .pdf .docx .html .csv); exit 1 if any refused."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (services, tenant):
+    with operator_knowledge(tenant_id) as (services, tenant):
         outcomes = services.knowledge.ingest(tenant, list(paths), operator_principal().subject)
         for outcome in outcomes:
             refused = outcome.status == "refused"
-            _audit(
+            audit_operator(
                 services,
                 "cli_ingest",
                 tenant,
@@ -135,9 +137,11 @@ def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> No
 def docs_command(tenant_id: str, as_json: bool) -> None:
     """List a tenant's documents, newest first."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (services, tenant):
+    with operator_knowledge(tenant_id) as (services, tenant):
         docs = services.knowledge.list_documents(tenant)
-        _audit(services, "cli_list_documents", tenant, started, detail=f"{len(docs)} documents")
+        audit_operator(
+            services, "cli_list_documents", tenant, started, detail=f"{len(docs)} documents"
+        )
     if as_json:
         _print_json([dataclasses.asdict(d) for d in docs])
         return
@@ -154,15 +158,22 @@ def docs_command(tenant_id: str, as_json: bool) -> None:
 def rm_command(tenant_id: str, document_id: str, as_json: bool) -> None:
     """Delete one of a tenant's documents, its vectors and its stored original."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (services, tenant):
+    with operator_knowledge(tenant_id) as (services, tenant):
         try:
             services.knowledge.delete_document(tenant, document_id)
         except Exception as exc:
-            _audit(services, "cli_delete_document", tenant, started, outcome="error",
-                   status=getattr(exc, "status", 500), error_class=type(exc).__name__,
-                   document_ids=[document_id])  # fmt: skip
+            audit_operator(
+                services,
+                "cli_delete_document",
+                tenant,
+                started,
+                outcome="error",
+                status=getattr(exc, "status", 500),
+                error_class=type(exc).__name__,
+                document_ids=[document_id],
+            )
             raise
-        _audit(services, "cli_delete_document", tenant, started, document_ids=[document_id])
+        audit_operator(services, "cli_delete_document", tenant, started, document_ids=[document_id])
     if as_json:
         _print_json({"deleted": document_id, "tenant": tenant_id})
     else:
@@ -176,9 +187,9 @@ def rm_command(tenant_id: str, document_id: str, as_json: bool) -> None:
 def reindex_command(tenant_id: str, as_json: bool) -> None:
     """Rebuild a tenant's vectors from its stored (encrypted) originals."""
     started = time.monotonic()
-    with _knowledge(tenant_id) as (services, tenant):
+    with operator_knowledge(tenant_id) as (services, tenant):
         chunks = services.knowledge.reindex(tenant)
-        _audit(services, "cli_reindex", tenant, started, detail=f"{chunks} chunks")
+        audit_operator(services, "cli_reindex", tenant, started, detail=f"{chunks} chunks")
     if as_json:
         _print_json({"tenant": tenant_id, "chunks": chunks})
     else:

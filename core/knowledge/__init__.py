@@ -3,9 +3,12 @@
 - `service`: `KnowledgeService`, the face the rest of core uses (ingest, list, delete,
   re-index, retrieve); it hands each call to one of the modules below.
 - `tenant_files`: where a tenant's knowledge lives on disk, and its encrypted originals.
-- `indexes`: each tenant's vector index, opened once per process.
+- `indexes`: each tenant's vector and keyword indexes, opened once per process.
 - `ingestion`: the upload path (check, de-duplicate, quota, parse, chunk, store) and re-indexing.
-- `retrieval`: a question -> the tenant's most relevant chunks, as sources.
+- `retrieval`: a question -> the tenant's most relevant chunks, as sources (hybrid: dense and
+  BM25 fused by reciprocal rank fusion).
+- `keyword`: the tenant's BM25 index (bm25s), beside its vectors in its own directory.
+- `evaluation`: a labelled question set -> hit@k, MRR and nDCG@k of the tenant's retrieval.
 - `demo`: the demo documents shipped in `assets/demo_docs/`.
 - `documents`: the document registry (one SQL row per stored document).
 - `uploads`: checks on an uploaded file before anything parses it.

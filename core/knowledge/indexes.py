@@ -1,15 +1,20 @@
-"""Each tenant's vector index, opened once and kept for the life of the process.
+"""Each tenant's indexes, opened once and kept for the life of the process.
 
-A tenant's store comes from its plugin's `store_factory`, else core's Chroma store, always in
-the tenant's own directory. Opening one loads the embedding model and llama-index's defaults
-the first time (about 0.5 s), which is why `KnowledgeService.open_stores` does it at startup.
+Two per tenant, both in the tenant's own directory: its vector index (its plugin's
+`store_factory`, else core's Chroma store) and its keyword (BM25) index. Opening a vector
+index loads the embedding model and llama-index's defaults the first time (about 0.5 s),
+which is why `KnowledgeService.open_stores` does it at startup. A keyword index that was
+never written (a data dir from before hybrid retrieval) is built once from the tenant's
+vectors, so documents ingested earlier are found by keyword too.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
+from core.knowledge.keyword import KeywordIndex
 from core.knowledge.tenant_files import TenantFiles
 from core.knowledge.vectorstore import chroma_store, embedding_model
 from core.tenancy import Tenant
@@ -17,17 +22,20 @@ from core.tenancy import Tenant
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
 
+log = logging.getLogger(__name__)
+
 
 class TenantIndexes:
-    """The open index of every tenant that has been used so far."""
+    """The open indexes of every tenant that has been used so far."""
 
     def __init__(self, files: TenantFiles) -> None:
         self._files = files
         self._open: dict[str, VectorStoreIndex] = {}
+        self._keywords: dict[str, KeywordIndex] = {}
         self._lock = threading.Lock()
 
     def get(self, tenant: Tenant) -> VectorStoreIndex:
-        """The tenant's index, opened on first use (one opening even under concurrent calls)."""
+        """The tenant's vector index, opened on first use (once, even under concurrent calls)."""
         from llama_index.core import VectorStoreIndex
 
         with self._lock:
@@ -39,7 +47,36 @@ class TenantIndexes:
                 self._open[tenant.id] = index
             return index
 
+    def keywords(self, tenant: Tenant) -> KeywordIndex:
+        """The tenant's keyword index, opened (or first built from its vectors) on first use."""
+        with self._lock:
+            index = self._keywords.get(tenant.id)
+        if index is not None:
+            return index
+        vectors = self.get(tenant)  # outside the lock: get() takes it
+        with self._lock:
+            index = self._keywords.get(tenant.id)
+            if index is None:
+                index = KeywordIndex(tenant.id, self._files.keyword_dir(tenant))
+                if not index.exists():
+                    _backfill(index, vectors)
+                self._keywords[tenant.id] = index
+            return index
+
     def opened(self) -> set[str]:
-        """The ids of the tenants whose index is open."""
+        """The ids of the tenants whose vector index is open."""
         with self._lock:
             return set(self._open)
+
+
+def _backfill(index: KeywordIndex, vectors: VectorStoreIndex) -> None:
+    """Build the keyword index from the chunks the vector store already holds."""
+    try:
+        nodes = vectors.vector_store.get_nodes(None)
+    except NotImplementedError:
+        # A plugin's store that cannot list its chunks: keyword search starts empty and
+        # fills with the next uploads (a re-index fills it completely).
+        log.warning("the store of %s cannot list its chunks; keyword index starts empty",
+                    index.tenant_id)  # fmt: skip
+        nodes = []
+    index.replace(nodes)  # replace() keeps only this tenant's chunks

@@ -1,9 +1,9 @@
 """The upload path: check, de-duplicate, quota, parse, chunk, store; and re-indexing.
 
-A file is stored completely or not at all: its encrypted original, its vectors and its
-registry row (core/knowledge/documents.py, the list of record) are written together, and any
-failure removes what was written for it. In a batch, one file's failure is its own outcome;
-the rest of the batch goes on.
+A file is stored completely or not at all: its encrypted original, its vectors, its keyword
+(BM25) entries and its registry row (core/knowledge/documents.py, the list of record) are
+written together, and any failure removes what was written for it. In a batch, one file's
+failure is its own outcome; the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -67,12 +67,13 @@ class Ingestion:
         return outcomes
 
     def remove(self, tenant: Tenant, document_id: str) -> None:
-        """Delete a document's vectors and original (its registry row is the caller's)."""
+        """Delete a document's vectors, keyword entries and original (the row is the caller's)."""
         delete_nodes(self._indexes.get(tenant).vector_store, delete_filter(document_id))
+        self._indexes.keywords(tenant).remove_document(document_id)
         self._files.remove_original(tenant, document_id)
 
     def reindex(self, tenant: Tenant, infos: Sequence[DocumentInfo]) -> int:
-        """Rebuild the tenant's vectors from the stored originals of `infos`; the chunk count."""
+        """Rebuild the tenant's vectors and keyword index from the originals of `infos`; chunks."""
         settings = self._settings
         rebuilt: list[tuple[str, list[BaseNode]]] = []
         for info in infos:
@@ -93,6 +94,7 @@ class Ingestion:
                 row = documents.get_document(session, tenant.id, document_id)
                 if row is not None:
                     row.chunks = len(nodes)
+        self._indexes.keywords(tenant).replace(n for _, nodes in rebuilt for n in nodes)
         return sum(len(nodes) for _, nodes in rebuilt)
 
     def _ingest_one(self, tenant: Tenant, path: Path, name: str, uploaded_by: str) -> IngestOutcome:
@@ -180,6 +182,7 @@ class Ingestion:
             # come in slices, still removed as a whole if anything below fails.
             for start in range(0, len(nodes), _CHROMA_BATCH):
                 store.add(nodes[start : start + _CHROMA_BATCH])
+            self._indexes.keywords(tenant).add(nodes)
             # Checked again where the row is written, one writer at a time: two uploads
             # that each fit must not pass the quota together.
             with self._quota_lock, session_scope(self._db_url) as session:

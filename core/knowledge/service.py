@@ -2,8 +2,8 @@
 
 The one object the rest of core uses for documents. It holds the process's per-tenant parts
 and hands each call to the module whose job it is: `tenant_files` (directories, encrypted
-originals), `indexes` (each tenant's open vector index), `ingestion` (the upload path and
-re-indexing), `retrieval`, `demo` (the demo documents). The SQL registry
+originals), `indexes` (each tenant's open vector and keyword indexes), `ingestion` (the
+upload path and re-indexing), `retrieval`, `demo` (the demo documents). The SQL registry
 (core/knowledge/documents.py) is the list of record.
 """
 
@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from core.config import Settings
 from core.datadir import secure_data_dir
 from core.db import session_scope
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.knowledge import documents, retrieval
 from core.knowledge.demo import DEMO_UPLOADER, demo_files
 from core.knowledge.documents import DocumentInfo, IngestOutcome, document_info
 from core.knowledge.indexes import TenantIndexes
 from core.knowledge.ingestion import Ingestion
+from core.knowledge.keyword import KeywordIndex
 from core.knowledge.tenant_files import TenantFiles
 from core.tenancy import Source, Tenant, TenantRegistry
 
@@ -88,22 +89,55 @@ class KnowledgeService:
         tenant = self.tenants.get(tenant.id)
         return self._ingestion.reindex(tenant, self.list_documents(tenant))
 
-    def retrieve(self, tenant: Tenant, query: str, top_k: int | None = None) -> list[Source]:
-        """The tenant's chunks most relevant to `query`, through the tenant's own retriever."""
+    def retrieve(
+        self,
+        tenant: Tenant,
+        query: str,
+        top_k: int | None = None,
+        *,
+        keyword_weight: float | None = None,
+    ) -> list[Source]:
+        """The tenant's chunks most relevant to `query`: its own retriever fused with BM25.
+
+        `keyword_weight` overrides the tenant's (then the setting's) weight of the keyword
+        ranking: 0 is dense only, 1 keyword only (evaluation and benchmarks compare them).
+        """
         tenant = self.tenants.get(tenant.id)
         if not query or not query.strip():
             return []
         k = top_k or tenant.top_k or self.settings.top_k
-        return retrieval.retrieve(tenant, self._index(tenant), query, k, self._db_url)
+        blend = self._blend(tenant, keyword_weight)
+        keywords = self._indexes.keywords(tenant)
+        return retrieval.retrieve(
+            tenant, self._index(tenant), keywords, query, k, blend, self._db_url
+        )
+
+    def keyword_index(self, tenant: Tenant) -> KeywordIndex:
+        """The tenant's own BM25 index, as retrieval and ingestion use it (tests, bench)."""
+        return self._indexes.keywords(self.tenants.get(tenant.id))
+
+    def _blend(self, tenant: Tenant, keyword_weight: float | None) -> retrieval.Blend:
+        weight = keyword_weight
+        if weight is None:
+            weight = tenant.keyword_weight
+        if weight is None:
+            weight = self.settings.retrieval_keyword_weight
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidRequest(f"The keyword weight must be between 0 and 1, not {weight}.")
+        return retrieval.Blend(
+            keyword_weight=weight,
+            candidates=self.settings.retrieval_candidates,
+            rrf_k=self.settings.retrieval_rrf_k,
+        )
 
     def open_stores(self) -> None:
-        """Open every tenant's store now, so that no tenant's first question waits for it.
+        """Open every tenant's stores now, so that no tenant's first question waits for them.
 
         A store that cannot open is logged; its tenant's questions then report it.
         """
         for tenant in self.tenants.all():
             try:
-                self._index(tenant)
+                self._indexes.keywords(tenant)  # opens the vector index first
             except Exception:
                 log.exception("the document store of %s could not be opened", tenant.id)
 

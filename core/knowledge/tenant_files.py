@@ -1,6 +1,7 @@
 """Where a tenant's knowledge lives on disk, and its encrypted originals.
 
     <data_dir>/tenants/<tenant_id>/chroma/              the tenant's own vector store
+    <data_dir>/tenants/<tenant_id>/bm25/                its keyword (BM25) index
     <data_dir>/tenants/<tenant_id>/files/<doc_id>.bin   an original, encrypted (core/crypto.py)
     <data_dir>/tenants/<tenant_id>/tmp/                 private copies handed to the parser
 
@@ -33,6 +34,10 @@ class TenantFiles:
     def chroma_dir(self, tenant: Tenant) -> Path:
         """The directory of the tenant's vector store."""
         return self.tenant_dir(tenant) / "chroma"
+
+    def keyword_dir(self, tenant: Tenant) -> Path:
+        """The directory of the tenant's keyword (BM25) index."""
+        return self.tenant_dir(tenant) / "bm25"
 
     def scratch_dir(self, tenant: Tenant) -> Path:
         """The tenant's private scratch directory (created if missing)."""
