@@ -484,6 +484,7 @@ def _wire_allowance(services: Services, team: gr.Dropdown, v: ChatView, answers:
 
     private: dict[str, Any] = {"api_visibility": "private"}
     # `.then`: after the answer however it ended (a refusal shows what is left too).
-    for event in answers:
-        event.then(refresh, [team], [v.allowance], **private)
+    names = ("chat_allowance_after_send", "chat_allowance_after_btn")
+    for event, name in zip(answers, names, strict=True):
+        event.then(refresh, [team], [v.allowance], api_name=name, **private)
     team.change(refresh, [team], [v.allowance], api_name="chat_allowance", **private)

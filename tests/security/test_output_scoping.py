@@ -171,6 +171,18 @@ def _conversations(world: World) -> None:
     world.ids["fin_conv"] = conv.create_conversation(db, fin_owner, "finance", f"{world.fin} y")
 
 
+def _budgets(app_server: Any, world: World) -> None:
+    # Generous (no other test comes near them), so that each team's allowance line has numbers;
+    # finance's member budget names the finance editor, whose id is one of team B's values.
+    for args in (
+        ["--tenant", "sales", "--daily", "90000000"],
+        ["--tenant", "finance", "--daily", "80000000"],
+        ["--tenant", "finance", "--daily", "70000000", "--user", world.ids["fin_editor"]],
+    ):
+        done = app_server.cli("budgets", "set", *args)
+        assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def world(app_server) -> World:
     """Both teams' rows, made through the real app by their own editors."""
@@ -188,6 +200,7 @@ def world(app_server) -> World:
     _team_rows(w, "sales_editor", "sales", sales, "sales")
     _team_rows(w, "fin_editor", "finance", fin, "fin")
     _conversations(w)
+    _budgets(app_server, w)
     # Team B's audit rows are stored before any audit handler is called.
     assert wait_for_audit(w.db, AuditFilters(user=w.users["fin_editor"], action="ui_create_key"))
     return w
@@ -353,12 +366,29 @@ def scenario_revoke_key(w: World) -> None:
     assert _key_revoked(w, spare) and not _key_revoked(w, w.ids["fin_key"])
 
 
+def scenario_allowance(api_name: str) -> Scenario:
+    """The budget line under the chat: the caller's team only; another team's is refused."""
+
+    def run(w: World) -> None:
+        with w.session("sales_member") as s:
+            own = s.ok(api_name, ["sales"])
+            refused = s.call(api_name, ["finance"])
+        assert_scoped(own, ["Sales: ", "tokens left today"], [*w.foreign(), "finance"])
+        assert refused[-1].get("success") is False, refused[-1]
+        assert_scoped(refused, [], [*w.foreign(), "tokens left"])
+
+    return run
+
+
 HANDLERS: dict[str, Scenario] = {
     "load": scenario_load,
     # Chat tab (a sales member)
     "chat_send": scenario_send("chat_send"),
     "chat_send_btn": scenario_send("chat_send_btn"),
     "chat_stop": scenario_constant("chat_stop", "sales_member", []),  # Stop: the idle label
+    "chat_allowance": scenario_allowance("chat_allowance"),
+    "chat_allowance_after_send": scenario_allowance("chat_allowance_after_send"),
+    "chat_allowance_after_btn": scenario_allowance("chat_allowance_after_btn"),
     "conversation_open": scenario_open,
     "switch": scenario_switch,
     "conversation_new": scenario_constant("conversation_new", "sales_member", []),
@@ -481,6 +511,9 @@ CLI_NO_ROWS = {
     # Its sources come from the same knowledge.retrieve(tenant) as the API's (api_chat); it
     # starts its own engine, minutes on this machine beside the app's.
     "ask": "one answer from --tenant's documents",
+    "budgets set": "the budget it set",
+    "budgets show": "budget rows, not documents: test_budgets_show_of_one_team_names_no_other",
+    "eval": "--tenant's retrieval on a question file: test_cli_eval_reads_only_the_asked_team",
 }
 
 
@@ -505,3 +538,25 @@ def test_cli_command_returns_only_the_asked_team(app_server, world: World, comma
     assert done.returncode == 0, done.stderr
     own_value = world.sales if own == "sales" else world.ids[own]
     assert_scoped(done.stdout, [own_value], world.foreign())
+
+
+def test_budgets_show_of_one_team_names_no_other(app_server, world: World) -> None:
+    done = app_server.cli("budgets", "show", "--tenant", "sales", "--json")
+    assert done.returncode == 0, done.stderr
+    assert_scoped(done.stdout, ["sales", "90000000"], [*world.foreign(), "finance", "80000000"])
+
+
+def test_cli_eval_reads_only_the_asked_team(app_server, world: World, tmp_path) -> None:
+    """Questions naming team B's canary, asked of team A, retrieve only team A's documents."""
+    questions = tmp_path / "questions.jsonl"
+    lines = [
+        {"id": "own", "question": f"{world.sales} notes", "source": f"{world.sales}-a.txt"},
+        {"id": "foreign", "question": f"{world.fin} notes", "source": f"{world.fin}-a.txt"},
+    ]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = tmp_path / "report.json"
+    done = app_server.cli("eval", "--tenant", "sales", str(questions), "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    # What was retrieved (the question file itself names team B's file as expected).
+    retrieved = [r["retrieved"] for r in json.loads(report.read_text())["results"]]
+    assert_scoped(retrieved, [f"{world.sales}-a.txt"], [world.fin])
