@@ -127,7 +127,7 @@ def _fill(ks: Any, tenant: Any, n: int, base: tuple[list[str], Any], seed: int) 
     import numpy as np
     from llama_index.core.schema import TextNode
 
-    from core.db import session_scope
+    from core.db import session_scope, utcnow
     from core.knowledge import documents
     from core.knowledge.chunking import DOCUMENT_KEY, FILENAME_KEY, LOCATION_KEY, TENANT_KEY
 
@@ -167,7 +167,7 @@ def _fill(ks: Any, tenant: Any, n: int, base: tuple[list[str], Any], seed: int) 
                     size=0,
                     chunks=n // len(doc_ids),
                     uploaded_by="bench",
-                    uploaded_at=documents.utcnow(),
+                    uploaded_at=utcnow(),
                 )
             )
     return time.perf_counter() - started

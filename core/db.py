@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ _lock = threading.Lock()
 
 class Base(DeclarativeBase):
     """Declarative base shared by all tables."""
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (UTC): what every stored timestamp is written in."""
+    return datetime.now(UTC)
 
 
 def _enable_sqlite_wal(dbapi_connection: Any, _record: Any) -> None:

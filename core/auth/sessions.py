@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core import crypto
 from core.config import Settings
-from core.db import Base, session_scope
+from core.db import Base, session_scope, utcnow
 from core.errors import IngestionError
 
 _TOKENS_SCOPE = "_auth_sessions"  # key-derivation label, not a tenant
@@ -57,11 +57,6 @@ class SessionRecord:
     tokens: dict[str, Any]
     expires_at: datetime
     groups_refreshed_at: datetime
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware (UTC)."""
-    return datetime.now(UTC)
 
 
 def aware(value: datetime) -> datetime:

@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import select
 
 from core.budgets.models import TEAM, BudgetRow, CounterRow
-from core.budgets.periods import Periods, utcnow
-from core.db import session_scope
+from core.budgets.periods import Periods
+from core.db import session_scope, utcnow
 from core.errors import InvalidRequest
 from core.identity import Principal
 from core.rbac import authorize

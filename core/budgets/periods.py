@@ -13,11 +13,6 @@ from typing import Literal
 Window = Literal["day", "month"]
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware (UTC)."""
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Periods:
     """The day and the month that contain `now` (UTC)."""

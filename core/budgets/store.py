@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from core.budgets.allowance import Allowance, Limit, Scope, refusal
 from core.budgets.models import TEAM, BudgetRow, CounterRow, ReservationRow
-from core.budgets.periods import Periods, Window, utcnow
-from core.db import session_scope
+from core.budgets.periods import Periods, Window
+from core.db import session_scope, utcnow
 from core.errors import BudgetUnavailable, ConfigError
 
 log = logging.getLogger(__name__)

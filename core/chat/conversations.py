@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.db import Base, session_scope
+from core.db import Base, session_scope, utcnow
 from core.errors import InvalidRequest, NotFound
 
 TITLE_MAX = 80
@@ -80,10 +80,6 @@ class Conversation:
     messages: list[StoredMessage]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _clean_title(title: str) -> str:
     title = " ".join(title.split())[:TITLE_MAX]
     if not title:
@@ -102,7 +98,7 @@ def _owned(owner_sub: str, tenant_id: str, conversation_id: str) -> Any:
 
 def create_conversation(db_url: str, owner_sub: str, tenant_id: str, title: str) -> str:
     """Start a conversation for `owner_sub` in `tenant_id`; return its id."""
-    now = _now()
+    now = utcnow()
     conversation_id = str(uuid.uuid4())
     with session_scope(db_url) as session:
         session.add(
@@ -164,7 +160,7 @@ def append_messages(
     messages: list[StoredMessage],
 ) -> None:
     """Add messages to a conversation of this user in this tenant (`NotFound` otherwise)."""
-    now = _now()
+    now = utcnow()
     with session_scope(db_url) as session:
         result = session.execute(
             update(ConversationRow)

@@ -33,11 +33,6 @@ class DocumentRow(Base):
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-def utcnow() -> datetime:
-    """Now, timezone-aware (stored as UTC)."""
-    return datetime.now(UTC)
-
-
 def find_by_sha(session: Session, tenant_id: str, sha256: str) -> DocumentRow | None:
     """This tenant's document with this content, if any."""
     stmt = select(DocumentRow).where(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.db import session_scope
+from core.db import session_scope, utcnow
 from core.errors import IngestionError, QuotaExceeded
 from core.knowledge import documents
 from core.knowledge.chunking import build_nodes, delete_filter
@@ -217,5 +217,5 @@ def _registry_row(
         size=len(checked.data),
         chunks=chunks,
         uploaded_by=uploaded_by,
-        uploaded_at=documents.utcnow(),
+        uploaded_at=utcnow(),
     )

@@ -25,8 +25,8 @@ import pytest
 
 from core.audit.query import AuditFilters
 from core.config import Settings
-from core.db import session_scope
-from core.knowledge.documents import DocumentRow, utcnow
+from core.db import session_scope, utcnow
+from core.knowledge.documents import DocumentRow
 from core.knowledge.service import KnowledgeService
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
 from tests.security.test_output_scoping import GradioSession
