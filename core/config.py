@@ -65,6 +65,22 @@ class Settings(BaseSettings):
         "required in production.",
     )
 
+    # --- TLS (issue 17): `tenantllm serve` terminates TLS itself when both files are set ----
+    tls_certfile: str = Field(
+        "",
+        description="PEM certificate chain for HTTPS served by the app itself (no proxy in "
+        "front). Set together with TENANTLLM_TLS_KEYFILE; empty: plain HTTP.",
+    )
+    tls_keyfile: str = Field("", description="PEM private key of TENANTLLM_TLS_CERTFILE.")
+    tls_keyfile_password: str = Field(
+        "", description="Password of an encrypted TENANTLLM_TLS_KEYFILE (empty: not encrypted)."
+    )
+    tls_min_version: Literal["1.2", "1.3"] = Field(
+        "1.2",
+        description="Oldest TLS version accepted (1.3 is always preferred when the client "
+        "offers it; older than 1.2 is never accepted).",
+    )
+
     # --- engine --------------------------------------------------------------------------
     engine_backend: Literal["vllm", "openai"] = Field(
         "vllm", description="`vllm`: in-process engine. `openai`: a remote vLLM server."
@@ -241,7 +257,18 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         """Where users reach the app."""
-        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_enabled else "http"
+        return self.public_url.rstrip("/") or f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the app serves HTTPS itself (a certificate file is configured)."""
+        return bool(self.tls_certfile or self.tls_keyfile)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry `Secure`: in production (TLS in front) or when serving TLS itself."""
+        return self.mode == "production" or self.tls_enabled
 
 
 def check_production(settings: Settings) -> None:

@@ -201,7 +201,7 @@ def session_middleware(settings: Settings, runtime: AuthRuntime) -> list[Middlew
             session_cookie=SESSION_COOKIE,
             max_age=settings.session_max_age_seconds,
             same_site="lax",
-            https_only=settings.mode == "production",
+            https_only=settings.secure_cookies,  # production, or TLS served by the app itself
         ),
         Middleware(SessionPrincipalMiddleware, runtime=runtime),
     ]

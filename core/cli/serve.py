@@ -10,6 +10,7 @@ import uvicorn
 
 from core.auth.demo_idp import DEMO_USERS, start_demo_idp
 from core.cli.base import configure_logging, main, user_errors
+from core.cli.tls import tls_context
 from core.config import Settings, get_settings
 from core.datadir import prepare_private_data_dir
 from core.engine.model import resolve_model
@@ -32,6 +33,7 @@ def identity_provider(settings: Settings) -> Iterator[Settings]:
 
 def serve_app(settings: Settings) -> None:
     """Run the app with uvicorn until Ctrl-C; the engine is stopped on the way out."""
+    tls = tls_context(settings)  # a wrong certificate or key is a clear error before anything
     # Lazy: core.server imports the UI (gradio, ~9 s); no other command should wait for it.
     from core.server import create_app
 
@@ -51,6 +53,8 @@ def serve_app(settings: Settings) -> None:
             # The access log prints query strings (sign-in codes, session hashes): redacted.
             log_config=uvicorn_log_config(),
             timeout_graceful_shutdown=10,
+            # None: plain HTTP. uvicorn calls the factory once, at start.
+            ssl_context_factory=(lambda _config, _default: tls) if tls else None,
         )
 
 
