@@ -1,4 +1,4 @@
-"""Rate-limit counters and per-tenant generation slots: no HTTP here.
+"""Rate-limit counters: no HTTP here.
 
 - `Limits.check(principal, tenant_id)` counts one chat request (Gradio, the API, the CLI all
   go through the chat turn) against the per-user and per-tenant limits from Settings and
@@ -6,19 +6,15 @@
   Limits on HTTP routes (slowapi, e.g. sign-in) are the web app's: core/server.py.
 - Storage: in-process by default; Redis when `TENANTLLM_REDIS_URL` is set, so several app
   processes share one budget. If Redis fails, limits are still enforced per process.
-- `generation_slot(tenant_id)`: at most `tenant_max_concurrency` generations of one tenant run
-  at once in this process (the engine is per process, so the cap is too). A request waits up
-  to `slot_wait_seconds` for a slot, then gets `RateLimited`.
+- Places in the shared engine (fair share across teams, the per-team safety cap) are the
+  scheduler's: core/scheduling.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
@@ -29,7 +25,6 @@ from core.errors import ConfigError, RateLimited
 from core.identity import Principal
 
 log = logging.getLogger(__name__)
-DEFAULT_SLOT_WAIT_SECONDS = 10.0
 
 
 def _parse(value: str, name: str) -> RateLimitItem:
@@ -40,14 +35,13 @@ def _parse(value: str, name: str) -> RateLimitItem:
 
 
 class Limits:
-    """Rate limits (per user, per tenant) and per-tenant generation slots of one process."""
+    """Rate limits per user and per tenant, on Redis or in this process."""
 
     def __init__(
         self,
         settings: Settings,
         *,
         key_prefix: str = "tenantllm",
-        slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
     ) -> None:
         """Count on Redis (`settings.redis_url`) or in memory."""
         self.settings = settings
@@ -58,8 +52,6 @@ class Limits:
         storage = storage_from_string(settings.redis_url or "memory://")
         self._strategy: RateLimiter = FixedWindowRateLimiter(storage)
         self._fallback: RateLimiter = FixedWindowRateLimiter(MemoryStorage())
-        self.slot_wait_seconds = slot_wait_seconds
-        self._slots: dict[str, asyncio.Semaphore] = {}
 
     @property
     def shared(self) -> bool:
@@ -102,33 +94,3 @@ class Limits:
         """Forget every counter (tests, operators)."""
         self._strategy.storage.reset()
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
-
-    def generation_slot(self, tenant_id: str) -> AbstractAsyncContextManager[None]:
-        """Hold one of the tenant's generation slots while generating (see module doc)."""
-        return self._slot(tenant_id)
-
-    @asynccontextmanager
-    async def _slot(self, tenant_id: str) -> AsyncIterator[None]:
-        slot = self._slots.setdefault(
-            tenant_id, asyncio.Semaphore(self.settings.tenant_max_concurrency)
-        )
-        try:
-            await asyncio.wait_for(slot.acquire(), timeout=self.slot_wait_seconds)
-        except TimeoutError:
-            raise RateLimited(
-                f"The team '{tenant_id}' is already running "
-                f"{self.settings.tenant_max_concurrency} answers at once; try again shortly.",
-                retry_after=max(1, math.ceil(self.slot_wait_seconds)),
-                limit=f"{self.settings.tenant_max_concurrency} concurrent",
-            ) from None
-        try:
-            yield
-        finally:
-            slot.release()
-
-    def busy(self, tenant_id: str) -> int:
-        """Generations of `tenant_id` running now in this process."""
-        slot = self._slots.get(tenant_id)
-        if slot is None:
-            return 0
-        return self.settings.tenant_max_concurrency - slot._value

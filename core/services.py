@@ -16,7 +16,11 @@ from core.db import upgrade_database
 from core.engine import Engine, create_engine
 from core.knowledge.service import KnowledgeService
 from core.limits import Limits
+from core.metrics import Metrics
 from core.plugins import load_tenants
+from core.scheduling.scheduler import FairScheduler
+from core.scheduling.weights import WeightBook
+from core.siem.deliverer import SiemRunner
 from core.tenancy import TenantRegistry
 
 
@@ -31,6 +35,9 @@ class Services:
     limits: Limits
     groups: GroupMapping
     budgets: BudgetStore
+    scheduler: FairScheduler
+    metrics: Metrics
+    siem: SiemRunner  # audit rows to the SIEM sinks, and the alert rules
     engine: Engine | None = None
 
 
@@ -53,13 +60,28 @@ def build_services(
         tenants = load_tenants(settings)
     if engine is None and with_engine:
         engine = create_engine(settings)
-    return Services(
+    weights = {t.id: t.weight for t in tenants.all()}
+    # Collected only when someone can scrape them (core/metrics.py).
+    metrics = Metrics(weights, enabled=bool(settings.metrics_token))
+    services = Services(
         settings=settings,
         tenants=tenants,
-        knowledge=KnowledgeService(settings, tenants),
+        knowledge=KnowledgeService(settings, tenants, metrics=metrics),
         auditor=Auditor(settings),
         limits=Limits(settings),
         groups=GroupMapping(settings),
-        budgets=BudgetStore(settings.resolved_database_url),
+        budgets=BudgetStore(settings.resolved_database_url, settings.budget_cache_seconds),
+        scheduler=FairScheduler(settings, WeightBook(settings.resolved_database_url, weights)),
+        metrics=metrics,
+        siem=SiemRunner(settings),
         engine=engine,
     )
+    _watch_live_values(services)
+    return services
+
+
+def _watch_live_values(services: Services) -> None:
+    """What the metrics read at scrape time: the audit backlog, the engine's readiness."""
+    services.metrics.watch_audit(services.auditor.backlog)
+    # services.engine, not the engine now: tests and the benchmark swap it after the build.
+    services.metrics.watch_engine(lambda: services.engine is not None and services.engine.ready)

@@ -141,6 +141,9 @@ class Tenant:
     prompt: PromptTemplate
     top_k: int | None = None
     priority: int = 0
+    # fair share (core/scheduling): this team's share of the engine under contention, relative
+    # to the other teams' (2.0 gets twice the tokens of a team at 1.0); an admin may override it.
+    weight: float = 1.0
     max_prompt_tokens: int | None = None
     max_output_tokens: int | None = None
     lora_path: str | None = None
@@ -148,6 +151,11 @@ class Tenant:
     store_factory: StoreFactory | None = None
     # retrieval (issue 18): this team's weight of BM25 in hybrid retrieval (None: the setting).
     keyword_weight: float | None = None
+    # retention (issue 15, item 5; core/retention): delete conversations idle this many days,
+    # drop prompt text from audit rows older than this many days. None keeps them; an admin
+    # may override either (`tenantllm retention set`).
+    retention_conversation_days: int | None = None
+    retention_prompt_text_days: int | None = None
     plugin: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -167,6 +175,12 @@ class Tenant:
             problems.append("top_k must be between 1 and 50")
         if self.keyword_weight is not None and not 0.0 <= self.keyword_weight <= 1.0:
             problems.append("keyword_weight must be between 0 and 1")
+        for name in ("retention_conversation_days", "retention_prompt_text_days"):
+            days = getattr(self, name)
+            if days is not None and (not isinstance(days, int) or not 1 <= days <= 36500):
+                problems.append(f"{name} must be a number of days from 1 to 36500, or None")
+        if not isinstance(self.weight, int | float) or not 0 < self.weight <= 1000:
+            problems.append("weight must be above 0 and at most 1000")
         return problems
 
 

@@ -3,7 +3,6 @@ concurrency cap."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -127,41 +126,3 @@ def test_two_processes_share_one_budget_through_redis(tmp_path: Path) -> None:
         here.check(person("ann"), "sales")
     # Another prefix (another deployment) has its own counters.
     Limits(settings, key_prefix=f"t-{uuid.uuid4().hex}").check(person("ann"), "sales")
-
-
-async def test_generation_slots_cap_one_tenant(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, tenant_max_concurrency=2)
-    limits = Limits(settings, slot_wait_seconds=0.2)
-    async with limits.generation_slot("sales"), limits.generation_slot("sales"):
-        assert limits.busy("sales") == 2
-        with pytest.raises(RateLimited, match="already running 2"):
-            async with limits.generation_slot("sales"):
-                pass
-        async with limits.generation_slot("finance"):  # other tenants are not held up
-            assert limits.busy("finance") == 1
-    assert limits.busy("sales") == 0
-    async with limits.generation_slot("sales"):
-        pass
-
-
-async def test_a_waiting_generation_gets_the_freed_slot(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, tenant_max_concurrency=1)
-    limits = Limits(settings, slot_wait_seconds=60)
-    release = asyncio.Event()
-    entered: list[str] = []
-
-    async def generate(name: str, hold: bool) -> None:
-        async with limits.generation_slot("sales"):
-            entered.append(name)
-            if hold:
-                await release.wait()
-
-    first = asyncio.create_task(generate("first", True))
-    while not entered:
-        await asyncio.sleep(0)
-    second = asyncio.create_task(generate("second", False))
-    await asyncio.sleep(0.05)
-    assert entered == ["first"]  # the second waits ...
-    release.set()
-    await asyncio.gather(first, second)
-    assert entered == ["first", "second"]  # ... and runs once the slot is free

@@ -3,9 +3,10 @@
 `start_chat_turn` does everything that can refuse a request before a token is generated
 (identity is given, then: tenant lookup, authorize, rate limit, retrieval, prompt rendering and
 fitting, prompt hooks and the injection check), so callers can answer with a proper error
-status before they start streaming. `ChatTurn.stream()` then takes a per-tenant generation slot
-and streams from the shared engine. Exactly one audit event is written per turn: by
-`start_chat_turn` when it refuses, otherwise by `stream()` when it ends (ok, error or cancelled).
+status before they start streaming. `ChatTurn.stream()` then waits for the team's place in
+the shared engine (core/scheduling: token-fair across teams) and streams from it. Exactly one
+audit event is written per turn: by `start_chat_turn` when it refuses, otherwise by `stream()`
+when it ends (ok, error or cancelled).
 
 Token budgets (core/budgets): the last check before a turn is accepted reserves the most it can
 use (prompt + max_tokens) on the team's and the member's budgets, or refuses it with
@@ -49,7 +50,9 @@ from core.rbac import authorize
 from core.redaction import redact_secrets
 
 if TYPE_CHECKING:
+    from core.engine import Engine
     from core.identity import Principal
+    from core.metrics import Metrics
     from core.services import Services
     from core.tenancy import Source, Tenant
 
@@ -73,6 +76,14 @@ class _AuditContext:
     tokens_in: int = 0
     tokens_out: int = 0
     prompt_text: str | None = None  # redacted; stored only if audit_prompt_text is on
+    metrics: Metrics | None = None
+
+    def finish(self, outcome: Outcome, status: int, error: Exception | None) -> AuditEvent:
+        """The turn ends now: count it in the metrics and return its one audit event."""
+        if self.metrics is not None:
+            tokens = (self.tokens_in, self.tokens_out) if self.tokens_out else (0, 0)
+            self.metrics.observe_turn(self.tenant_id, self.request.channel, outcome, error, tokens)
+        return self.event(outcome, status, error)
 
     def event(self, outcome: Outcome, status: int, error: Exception | None) -> AuditEvent:
         """The audit event for this turn, ending now."""
@@ -139,6 +150,7 @@ class ChatTurn:
         self.prompt_tokens = audit.tokens_in
         self._audit = audit
         self._streamed = False
+        self._generated = False  # a token came back from the engine
         self._reservation = reservation
         # What is left of the budgets that apply (None: none does): after reserving this
         # turn's most, then, once the stream ended, after settling what it used.
@@ -151,7 +163,7 @@ class ChatTurn:
         """
         if not self._streamed:
             self._streamed = True
-            self.services.auditor.record(self._audit.event("cancelled", 499, None))
+            self.services.auditor.record(self._audit.finish("cancelled", 499, None))
             self._settle(0)  # rare, one short write: not worth a thread here
 
     async def stream(self) -> AsyncGenerator[GenerationChunk, None]:
@@ -169,34 +181,47 @@ class ChatTurn:
         outcome: Outcome = "error"
         status = 500
         error: Exception | None = None
-        generated = False
         try:
-            async with self.services.limits.generation_slot(self.tenant.id):
-                chunks = engine.stream_chat(self.messages, self.params, self.options)
-                # Leaving early must close the engine's generator now (that aborts the request
-                # in the engine), not whenever the garbage collector gets to it.
-                async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:
-                    async for chunk in stream:
-                        generated = True
-                        self._audit.tokens_in = chunk.prompt_tokens or self._audit.tokens_in
-                        self._audit.tokens_out = chunk.completion_tokens
-                        yield chunk
+            # Closed with the stream: leaving early releases the place and the engine now.
+            async with aclosing(self._generate(engine)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             outcome, status = "ok", 200
         except (GeneratorExit, asyncio.CancelledError) as exc:
             outcome, status, error = "cancelled", 499, None
             raise exc
-        except TenantLLMError as exc:
-            outcome, status, error = "error", exc.status, exc
+        except TenantLLMError as exc:  # e.g. no place in the engine in time: rate_limited
+            (outcome, status), error = _outcome_for(exc), exc
             raise
         except Exception as exc:
             error = exc
             raise
         finally:
-            self.services.auditor.record(self._audit.event(outcome, status, error))
-            used = self._audit.tokens_in + self._audit.tokens_out if generated else 0
+            self.services.auditor.record(self._audit.finish(outcome, status, error))
+            used = self._audit.tokens_in + self._audit.tokens_out if self._generated else 0
             # Shielded: a second cancellation must not lose what the turn used (the write
             # runs to its end in its thread either way).
             await asyncio.shield(asyncio.to_thread(self._settle, used))
+
+    async def _generate(self, engine: Engine) -> AsyncGenerator[GenerationChunk, None]:
+        """Wait for the team's place in the engine (fair share), then stream from it."""
+        metrics = self.services.metrics
+        async with self.services.scheduler.place(self.tenant.id, self.prompt_tokens) as place:
+            metrics.observe_queue_wait(self.tenant.id, place.waited)
+            generating = time.monotonic()
+            chunks = engine.stream_chat(self.messages, self.params, self.options)
+            # Leaving early must close the engine's generator now (that aborts the request
+            # in the engine), not whenever the garbage collector gets to it.
+            async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:
+                async for chunk in stream:
+                    if not self._generated:  # time to first token, from the turn's start
+                        metrics.observe_ttft(self.tenant.id, time.monotonic() - self._audit.started)
+                    self._generated = True
+                    self._audit.tokens_in = chunk.prompt_tokens or self._audit.tokens_in
+                    self._audit.tokens_out = chunk.completion_tokens
+                    place.generated(chunk.completion_tokens)
+                    yield chunk
+            metrics.observe_generation(self.tenant.id, time.monotonic() - generating)
 
     def _settle(self, used: int) -> None:
         """Replace this turn's reservation by `used` tokens (once; no-op without budgets)."""
@@ -221,6 +246,7 @@ async def start_chat_turn(
         request=request,
         request_id=uuid.uuid4().hex,
         started=time.monotonic(),
+        metrics=services.metrics,
     )
     if isinstance(request.question, str):  # the auditor keeps it only if the setting says so
         audit.prompt_text = redact_secrets(request.question)[0]
@@ -228,14 +254,14 @@ async def start_chat_turn(
         return await _prepare_turn(services, principal, request, audit)
     except TenantLLMError as exc:
         outcome, status = _outcome_for(exc)
-        services.auditor.record(audit.event(outcome, status, exc))
+        services.auditor.record(audit.finish(outcome, status, exc))
         raise
     except asyncio.CancelledError:
         # Not an Exception: without this a turn stopped during retrieval left no audit row.
-        services.auditor.record(audit.event("cancelled", 499, None))
+        services.auditor.record(audit.finish("cancelled", 499, None))
         raise
     except Exception as exc:  # a bug or a broken store: still one audit event, then re-raise
-        services.auditor.record(audit.event("error", 500, exc))
+        services.auditor.record(audit.finish("error", 500, exc))
         raise
 
 
@@ -282,6 +308,8 @@ async def _reserve_budget(
     services: Services, principal: Principal, tenant: Tenant, amount: int, audit: _AuditContext
 ) -> Reservation | None:
     """Hold the most this turn can use on its budgets, or raise BudgetExceeded (flagged)."""
+    if services.budgets.known_without_budgets(tenant.id):
+        return None  # cached: no database, no thread for a team without budgets
     reserve = functools.partial(
         services.budgets.reserve,
         tenant.id,

@@ -1,4 +1,5 @@
-"""The Admin tab (admins): tenants and plugins, the group mapping, API keys, engine status.
+"""The Admin tab (admins): tenants and plugins, the group mapping, API keys, engine status and
+each team's fair share of the engine over the last hour.
 
 Hidden for everyone else (visibility set per session at page load); every handler authorizes
 again (`view_admin`, `manage_keys`). A new key's secret is shown once, in this session's
@@ -54,6 +55,36 @@ async def engine_markdown(services: Services) -> str:
     )
 
 
+FAIR_SHARE_COLUMNS = [
+    "team", "weight", "tokens (1 h)", "turns (1 h)", "queue wait p50 ms", "queue wait p95 ms",
+    "refused (1 h)", "running now", "waiting now",
+]  # fmt: skip
+
+
+def fair_share_frame(services: Services) -> pd.DataFrame:
+    """Per team: its weight, the last hour's service, waits and refusals in this process."""
+    served = {row.tenant_id: row for row in services.scheduler.log.summary()}
+    queue = services.scheduler.queue
+    rows = []
+    for weight in services.scheduler.weights.all():
+        team = weight.tenant_id
+        s = served.get(team)
+        rows.append(
+            [
+                team,
+                f"{weight.weight:g}" + (" (admin)" if weight.source == "admin" else ""),
+                s.tokens if s else 0,
+                s.turns if s else 0,
+                round(s.wait_p50_ms) if s else 0,
+                round(s.wait_p95_ms) if s else 0,
+                s.refused if s else 0,
+                queue.running_of(team),
+                queue.waiting(team),
+            ]
+        )
+    return pd.DataFrame(rows, columns=FAIR_SHARE_COLUMNS)
+
+
 def keys_frame(services: Services, principal: Principal) -> pd.DataFrame:
     """The API keys of the teams `principal` may manage (never their secrets)."""
     rows = [
@@ -72,7 +103,7 @@ def keys_frame(services: Services, principal: Principal) -> pd.DataFrame:
 
 
 async def overview(services: Services, request: gr.Request | None) -> tuple[Any, ...]:
-    """Tenants, mapping, keys and engine status (admins only)."""
+    """Tenants, mapping, keys, engine status and fair share (admins only)."""
     with ui_call(services, request) as call:
         call.check(None, "view_admin")
         return (
@@ -80,6 +111,7 @@ async def overview(services: Services, request: gr.Request | None) -> tuple[Any,
             mapping_frame(services),
             keys_frame(services, call.principal),
             await engine_markdown(services),
+            fair_share_frame(services),
         )
 
 
@@ -153,7 +185,13 @@ def build_admin_tab(services: Services) -> tuple[Callable[..., Any], list[Any]]:
     with gr.Row():
         revoke_id = gr.Textbox(label="Key id to revoke", scale=3)
         revoke_btn = gr.Button("Revoke", variant="stop", scale=1)
-    overview_out = [tenants, mapping, keys, engine]
+    fair_share = gr.Dataframe(
+        headers=FAIR_SHARE_COLUMNS,
+        label="Fair share of the engine, last hour (this app process)",
+        interactive=False,
+        elem_id="admin-fair-share",
+    )
+    overview_out = [tenants, mapping, keys, engine, fair_share]
     view = AdminView(
         refresh_btn, overview_out, key_inputs, create_btn, secret, keys, revoke_id, revoke_btn
     )
