@@ -12,7 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from limits import parse
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -21,6 +22,15 @@ from core.errors import ConfigError
 DEV_PLACEHOLDER_SECRET = "dev-insecure-change-me"  # noqa: S105
 DEV_CLIENT_SECRET = "tenantllm-secret"  # noqa: S105  (the demo IdP's client secret)
 MIN_SECRET_LENGTH = 32
+# Audit actions of an operator or admin (core/cli/keys.py, budgets.py, ui/admin_tab.py).
+DEFAULT_ADMIN_ACTIONS = (
+    "budget_set",
+    "ui_create_key",
+    "ui_revoke_key",
+    "api_key_create",
+    "api_key_revoke",
+    "audit_export",
+)
 _ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?")
 
 
@@ -230,6 +240,77 @@ class Settings(BaseSettings):
         description="Allow-list of third-party tenant plugins (entry-point names), JSON list.",
     )
 
+    # --- SIEM delivery and anomaly alerts (core/siem/) -----------------------------------
+    # Sinks are operator-level: they receive every tenant's audit rows.
+    siem_sinks: list[str] = Field(
+        default_factory=list,
+        description="Where audit events are delivered, JSON list of URLs: file:///path.jsonl, "
+        "syslog+tcp://host:514, syslog+tls://host:6514, splunk-hec+https://host:8088, "
+        "elasticsearch+https://host:9200/index; `#name` names the sink's cursor.",
+    )
+    siem_splunk_token: SecretStr = Field(
+        SecretStr(""), description="Splunk HEC token (sent as `Authorization: Splunk <token>`)."
+    )
+    siem_elasticsearch_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="Elasticsearch API key (sent as `Authorization: ApiKey <key>`); empty: none.",
+    )
+    siem_tls_ca_file: str = Field(
+        "", description="CA bundle (PEM) TLS sinks verify the receiver with; empty: system CAs."
+    )
+    siem_tls_cert_file: str = Field(
+        "", description="Client certificate (PEM) TLS sinks present (mutual TLS); empty: none."
+    )
+    siem_tls_key_file: str = Field(
+        "", description="Private key of `siem_tls_cert_file` when not in the same file."
+    )
+    siem_in_app: bool = Field(
+        True,
+        description="Deliver (and judge alerts) in the web app's background task; false: only "
+        "`tenantllm siem deliver` (cron, or one replica of several).",
+    )
+    siem_batch_size: int = Field(500, ge=1, le=10_000, description="Audit rows per delivery.")
+    siem_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the app's deliverer looks for new audit rows."
+    )
+    siem_retry_max_seconds: float = Field(
+        300.0, ge=1, description="Longest wait between retries to a failing sink (backoff cap)."
+    )
+    siem_timeout_seconds: float = Field(
+        10.0, gt=0, description="Connect/answer time limit for one delivery to a sink."
+    )
+    alerts_enabled: bool = Field(
+        True, description="Judge the audit stream with the anomaly rules (alert rows)."
+    )
+    alert_webhook_url: str = Field(
+        "", description="URL that alert rows are POSTed to as JSON (an `alerts` list)."
+    )
+    alert_denials: str = Field(
+        "20/5 minutes",
+        description="Denied requests by one principal or client address per window; empty: off.",
+    )
+    alert_bad_credentials: str = Field(
+        "30/minute", description="Refused credentials from one client address per window."
+    )
+    alert_injection: str = Field(
+        "1/hour", description="Prompt-injection flags by one principal in one team per window."
+    )
+    alert_many_teams: str = Field(
+        "3/hour", description="Distinct teams one principal touches per window."
+    )
+    alert_rate_limits: str = Field(
+        "50/5 minutes", description="Rate-limited or over-budget requests of one team per window."
+    )
+    alert_office_hours_utc: str = Field(
+        "07-19",
+        description="Office hours `HH-HH` (UTC, end exclusive); admin actions outside them "
+        "raise an alert. Empty: off.",
+    )
+    alert_admin_actions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ADMIN_ACTIONS),
+        description="Audit actions that count as admin actions for office hours. JSON list.",
+    )
+
     @field_validator("cors_origins")
     @classmethod
     def _origins_are_origins(cls, value: list[str]) -> list[str]:
@@ -238,6 +319,28 @@ class Settings(BaseSettings):
             if not _ORIGIN_RE.fullmatch(origin):
                 raise ValueError(f"{origin!r} is not an origin like https://tools.example.com")
         return [o.rstrip("/") for o in value]
+
+    @field_validator(
+        "alert_denials", "alert_bad_credentials", "alert_injection", "alert_many_teams",
+        "alert_rate_limits",
+    )  # fmt: skip
+    @classmethod
+    def _threshold_per_window(cls, value: str) -> str:
+        # The same "N/period" grammar as the rate-limit settings (the limits package).
+        if value.strip():
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not like 20/5 minutes") from None
+        return value.strip()
+
+    @field_validator("alert_office_hours_utc")
+    @classmethod
+    def _office_hours(cls, value: str) -> str:
+        match = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", value)
+        if value.strip() and not (match and all(int(h) <= 24 for h in match.groups())):
+            raise ValueError(f"{value!r} is not like 07-19 (UTC hours)")
+        return f"{int(match[1]):02d}-{int(match[2]):02d}" if match else ""
 
     @field_validator("secret_key")
     @classmethod

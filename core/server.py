@@ -91,11 +91,13 @@ def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untype
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.auditor.start()
         state.task = asyncio.create_task(_start_engine(services, state))
+        await services.siem.start()  # audit rows to the SIEM, alert rules (core/siem/)
         try:
             yield
         finally:
             if state.task and not state.task.done():
                 state.task.cancel()
+            await services.siem.stop()
             if services.engine is not None:
                 await services.engine.stop()
             await services.auditor.stop()

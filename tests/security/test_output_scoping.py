@@ -514,6 +514,10 @@ CLI_NO_ROWS = {
     "budgets set": "the budget it set",
     "budgets show": "budget rows, not documents: test_budgets_show_of_one_team_names_no_other",
     "eval": "--tenant's retrieval on a question file: test_cli_eval_reads_only_the_asked_team",
+    # Operator-level, every team's rows by design (sinks are the SIEM's feed): it prints cursor
+    # names and counts, never a row; tests/siem/test_cli.py checks what it prints.
+    "siem status": "cursor positions and lag per sink, no audit row",
+    "siem deliver": "sends rows to the configured sinks, prints counts per sink",
 }
 
 
