@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     )
     session_max_age_seconds: int = Field(8 * 3600, ge=60, description="Session lifetime.")
     demo_idp_port: int = Field(9400, description="Port of the local demo OIDC provider.")
+    metrics_token: str = Field(
+        "",
+        description="Bearer token that `/metrics` (Prometheus text format) answers to. Empty: "
+        "`/metrics` is off (404) and no metrics are collected.",
+    )
 
     # --- storage -------------------------------------------------------------------------
     database_url: str = Field(
@@ -411,6 +416,8 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append("TENANTLLM_PUBLIC_URL must be the https:// address users open")
     if "*" in settings.allowed_hosts:
         problems.append("TENANTLLM_ALLOWED_HOSTS must list host names, not '*'")
+    if settings.metrics_token and len(settings.metrics_token) < MIN_SECRET_LENGTH:
+        problems.append(f"TENANTLLM_METRICS_TOKEN must be at least {MIN_SECRET_LENGTH} characters")
     return problems
 
 

@@ -37,15 +37,16 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from core.api.body import BodyLimit
 from core.api.errors import fallback_router as api_fallback_router
 from core.api.routes import router as api_router
-from core.audit.auditor import AuditEvent
-from core.auth.bearer import AuthRuntime, build_auth_runtime
+from core.audit.auditor import AuditEvent, caller_of
+from core.auth.bearer import AuthRuntime, build_auth_runtime, record_refusal
 from core.auth.cross_site import cross_site_middleware
 from core.auth.principal import principal_from_request, session_middleware, wants_html
 from core.auth.routes import add_auth_routes, make_oauth_client
 from core.config import Settings
-from core.errors import TenantLLMError
+from core.errors import NotAuthenticated, NotFound, TenantLLMError
 from core.identity import Principal
 from core.knowledge import parsing
+from core.metrics import CONTENT_TYPE, HttpMetrics, check_scrape_token
 from core.security_headers import security_headers_middleware
 from core.services import Services, build_services
 from core.ui import mount_ui
@@ -121,6 +122,21 @@ def _add_health_routes(app: FastAPI, services: Services, state: EngineState) -> 
         return JSONResponse({"status": status, "error": state.error}, status_code=503)
 
 
+def _add_metrics_route(app: FastAPI, services: Services, auth: AuthRuntime) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus scrape (core/metrics.py): only with the metrics token; 404 while unset."""
+        try:
+            token = services.settings.metrics_token
+            check_scrape_token(request.headers.get("authorization"), token)
+        except NotAuthenticated as err:  # audited like a bad API key, flood-proof
+            record_refusal(auth, err, *caller_of(request), action="metrics")
+            return error_response(err)
+        except NotFound as err:
+            return error_response(err)
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE)
+
+
 # --- rate limits of HTTP routes (slowapi) ----------------------------------------------
 
 
@@ -190,6 +206,7 @@ _OPEN_PATHS = (
     "/logout",
     "/healthz",
     "/readyz",
+    "/metrics",
     "/v1/",
     "/openapi.json",
     "/assets/",
@@ -225,7 +242,9 @@ def allowed_hosts(settings: Settings) -> list[str]:
 def middleware_stack(settings: Settings, auth: AuthRuntime) -> list[Middleware]:
     """Every middleware of the app, outermost (runs first on a request) first."""
     return [
-        # Outermost, so its headers reach every response: errors and refusals of every
+        # Outermost, so every request is counted (refusals of every layer below too).
+        Middleware(HttpMetrics),
+        # Next, so its headers reach every response: errors and refusals of every
         # layer below, the API, the sign-in pages and the Gradio app.
         security_headers_middleware(settings),
         # A request for a host we do not serve is refused before anything else runs.
@@ -262,8 +281,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     app.state.engine_state = state
     app.state.auth = auth
+    app.state.metrics = services.metrics  # core.metrics.HttpMetrics finds it here
     app.state.limiter = http_limiter(settings, services.limits.key_prefix)  # slowapi looks here
     _add_health_routes(app, services, state)
+    _add_metrics_route(app, services, auth)
     add_auth_routes(app, auth, make_oauth_client(settings), app.state.limiter)
     app.include_router(api_router)
     app.include_router(api_fallback_router)  # after every /v1 route: OpenAI-shaped 404/405

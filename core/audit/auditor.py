@@ -33,6 +33,7 @@ from core.audit.spool import Spool
 from core.audit.writer import AuditWriter
 from core.config import Settings
 from core.db import get_engine
+from core.metrics import AuditBacklog
 
 if TYPE_CHECKING:
     from core.identity import Principal
@@ -217,6 +218,10 @@ class Auditor:
             return
         self._closed = True
         self._writer.stop()
+
+    def backlog(self) -> AuditBacklog:
+        """Events queued and spooled, and the age of the oldest not yet stored (metrics)."""
+        return self._writer.backlog()
 
     @property
     def spooled(self) -> int:

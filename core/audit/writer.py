@@ -22,10 +22,11 @@ from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
-from core.audit.chain import GENESIS_HASH, payload_to_row
+from core.audit.chain import GENESIS_HASH, parse_time, payload_to_row
 from core.audit.models import AuditEventRow
 from core.audit.spool import Spool
 from core.db import get_engine
+from core.metrics import AuditBacklog
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class AuditWriter:
         self._retry_at = 0.0  # while the database is failing, spool without trying it
         self._failures = 0
         self._orphans_checked = False
+        self._spooled_since: float | None = None  # epoch of the oldest event in the spool
 
     def submit(self, payload: dict[str, Any]) -> None:
         """Queue one event (called on the request path: no I/O, no lock when running)."""
@@ -104,6 +106,18 @@ class AuditWriter:
             self.start()
         elif len(self.queue) >= BATCH_SIZE:
             self._wake.set()
+
+    def backlog(self) -> AuditBacklog:
+        """What waits for the database now (the metrics read it at scrape time; no I/O)."""
+        oldest = self._spooled_since
+        if oldest is None:
+            try:
+                first = self.queue[0]  # the writer thread may pop it meanwhile
+                oldest = parse_time(first["created_at"]).timestamp()
+            except (IndexError, TypeError, KeyError, ValueError):  # empty, or a flush marker
+                oldest = None
+        lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        return AuditBacklog(len(self.queue), self.spool.own_count, lag)
 
     def start(self) -> None:
         """Start the thread (idempotent)."""
@@ -181,6 +195,8 @@ class AuditWriter:
                 self._database_failed(exc)
         try:
             self.spool.append(batch)
+            if self._spooled_since is None:
+                self._spooled_since = parse_time(batch[0]["created_at"]).timestamp()
         except OSError:
             log.exception("audit spool not writable; keeping %d events in memory", len(batch))
             self.queue.extendleft(reversed(batch))
@@ -211,6 +227,7 @@ class AuditWriter:
             if own:
                 log.warning("audit: replayed %d spooled events", len(own))
             self.spool.clear_own()
+            self._spooled_since = None
             for path in self.spool.orphans() if orphans else []:
                 with self.spool.claim_orphan(path) as events:
                     for start in range(0, len(events or []), BATCH_SIZE):

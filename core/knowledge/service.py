@@ -10,6 +10,7 @@ upload path and re-indexing), `retrieval`, `demo` (the demo documents). The SQL 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from core.knowledge.indexes import TenantIndexes
 from core.knowledge.ingestion import Ingestion
 from core.knowledge.keyword import KeywordIndex
 from core.knowledge.tenant_files import TenantFiles
+from core.metrics import Metrics
 from core.tenancy import Source, Tenant, TenantRegistry
 
 if TYPE_CHECKING:
@@ -39,9 +41,12 @@ log = logging.getLogger(__name__)
 class KnowledgeService:
     """Documents and retrieval for every tenant; one per process, per-tenant stores inside."""
 
-    def __init__(self, settings: Settings, tenants: TenantRegistry) -> None:
+    def __init__(
+        self, settings: Settings, tenants: TenantRegistry, *, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.tenants = tenants
+        self.metrics = metrics or Metrics((), enabled=False)
         # Every entry point builds this service: each one gets a private data dir (0700).
         secure_data_dir(settings.data_dir)
         self._db_url = settings.resolved_database_url
@@ -67,7 +72,11 @@ class KnowledgeService:
         """Ingest each file (display names from `names`, else the file names); one outcome each."""
         tenant = self.tenants.get(tenant.id)
         names = list(names) if names is not None else [Path(f).name for f in files]
-        return self._ingestion.ingest(tenant, files, names, uploaded_by)
+        started = time.perf_counter()
+        outcomes = self._ingestion.ingest(tenant, files, names, uploaded_by)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_indexing(tenant.id, "upload", elapsed, (o.status for o in outcomes))
+        return outcomes
 
     def list_documents(self, tenant: Tenant) -> list[DocumentInfo]:
         """The tenant's documents, newest first."""
@@ -87,7 +96,10 @@ class KnowledgeService:
     def reindex(self, tenant: Tenant) -> int:
         """Rebuild the tenant's vectors from its stored originals; returns the chunk count."""
         tenant = self.tenants.get(tenant.id)
-        return self._ingestion.reindex(tenant, self.list_documents(tenant))
+        started = time.perf_counter()
+        chunks = self._ingestion.reindex(tenant, self.list_documents(tenant))
+        self.metrics.observe_indexing(tenant.id, "reindex", time.perf_counter() - started)
+        return chunks
 
     def retrieve(
         self,
@@ -108,9 +120,12 @@ class KnowledgeService:
         k = top_k or tenant.top_k or self.settings.top_k
         blend = self._blend(tenant, keyword_weight)
         keywords = self._indexes.keywords(tenant)
-        return retrieval.retrieve(
+        started = time.perf_counter()
+        sources = retrieval.retrieve(
             tenant, self._index(tenant), keywords, query, k, blend, self._db_url
         )
+        self.metrics.observe_retrieval(tenant.id, time.perf_counter() - started)
+        return sources
 
     def keyword_index(self, tenant: Tenant) -> KeywordIndex:
         """The tenant's own BM25 index, as retrieval and ingestion use it (tests, bench)."""
