@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         False, description="Store prompt text in the audit log (a digest is always stored)."
     )
     audit_flush_interval_ms: int = Field(200, ge=10, description="Audit writer batch interval.")
+    budget_cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a process trusts its copy of a team's token budgets; a change "
+        "made by another process (a replica, `tenantllm budgets set`) applies within this.",
+    )
     injection_block: bool = Field(
         False, description="Refuse prompts flagged as prompt injection (default: flag only)."
     )

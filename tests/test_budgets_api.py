@@ -40,21 +40,23 @@ async def test_headers_then_429_in_openai_shape(app: Any, services_fake: Any) ->
     first = await _ask(api)
     usage = first.parse().usage
     one_turn = usage.prompt_tokens + 8  # what a turn like this reserves
+    services_fake.auditor.flush()  # the first turn ran before any budget: seeded from the log
     # The key's own cap (its subject is key:<id>): one more turn fits, two do not.
+    cap = usage.total_tokens + one_turn + 5
     set_budget(url, "sales", {"daily": 10**6}, user=None, actor="test")
-    set_budget(url, "sales", {"daily": one_turn + 5}, user=subject, actor="test")
+    set_budget(url, "sales", {"daily": cap}, user=subject, actor="test")
     second = await _ask(api)
-    spent = second.parse().usage.total_tokens  # the first ran before any budget: not counted
+    spent = usage.total_tokens + second.parse().usage.total_tokens
     headers = second.headers
-    assert int(headers["x-tenantllm-budget-remaining-user-tokens"]) == one_turn + 5 - spent
+    assert int(headers["x-tenantllm-budget-remaining-user-tokens"]) == cap - spent
     assert int(headers["x-tenantllm-budget-remaining-team-tokens"]) == 10**6 - spent
-    assert int(headers["x-tenantllm-budget-remaining-tokens"]) == one_turn + 5 - spent
+    assert int(headers["x-tenantllm-budget-remaining-tokens"]) == cap - spent
     with pytest.raises(openai.RateLimitError) as refused:
         await _ask(api)
     error = _error_of(refused.value)
     assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"
     assert error["message"].startswith(f"This request may use up to {one_turn:,} tokens")
-    assert f"you have only {one_turn + 5 - spent:,} of your {one_turn + 5:,}" in error["message"]
+    assert f"you have only {cap - spent:,} of your {cap:,}" in error["message"]
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert int(refused.value.response.headers["retry-after"]) >= 1
     events = [e for e in audit_events(services_fake) if e.action == "api_chat"]

@@ -12,8 +12,10 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from core.budgets.cache import changed
 from core.budgets.models import TEAM, BudgetRow, CounterRow
 from core.budgets.periods import Periods
+from core.budgets.seeding import seed_counters
 from core.db import session_scope, utcnow
 from core.errors import InvalidRequest
 from core.identity import Principal
@@ -86,21 +88,26 @@ def set_budget(
     """
     validate_changes(changes, user)
     subject = user if user is not None else TEAM
-    with session_scope(url) as session:
-        row = session.get(BudgetRow, (tenant_id, subject))
-        values = {name: getattr(row, name) if row else None for name in TEAM_FIELDS}
-        values.update(changes)
-        if all(value is None for value in values.values()):
-            if row is not None:
-                session.delete(row)
-            return None
-        if row is None:
-            row = BudgetRow(tenant_id=tenant_id, subject=subject)
-            session.add(row)
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.updated_by, row.updated_at = actor, utcnow()
-    return values
+    try:
+        with session_scope(url) as session:
+            row = session.get(BudgetRow, (tenant_id, subject))
+            values = {name: getattr(row, name) if row else None for name in TEAM_FIELDS}
+            values.update(changes)
+            if all(value is None for value in values.values()):
+                if row is not None:
+                    session.delete(row)
+                return None
+            if row is None:
+                row = BudgetRow(tenant_id=tenant_id, subject=subject)
+                session.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_by, row.updated_at = actor, utcnow()
+            # A first budget mid-period starts from what was used so far, not from zero.
+            seed_counters(session.connection(), tenant_id, row.updated_at)
+        return values
+    finally:  # after the commit: this process's cached budgets of `url` reload
+        changed(url)
 
 
 def budget_report(

@@ -2,10 +2,13 @@
 
 Exact under concurrency and across app replicas, because the database is the truth and
 every decision is taken with the counters locked: a turn's four counters (team day and
-month, member day and month) are locked with SELECT ... FOR UPDATE, always in the same
-order (so two turns never wait for each other in a cycle), checked against the budgets and
-updated in that one transaction. SQLite has no row locks but one writer at a time, and every
-such transaction starts with a write. A refused turn changes nothing.
+month, member day and month) are created if missing, locked and added to by one UPSERT, in
+one sorted order (core/budgets/counters.py); the turn is refused, and the transaction rolled
+back, when a budget cannot hold what it reserved. A refused turn changes nothing.
+
+What it costs a turn: a team without budgets, nothing but a dict lookup (the rows are cached:
+core/budgets/cache.py); a budgeted turn, one short transaction to reserve and one to settle,
+neither waiting for the disk.
 
 A turn whose process dies never settles: its reservation row is released by the next turn of
 its team once it is older than `STALE_AFTER` (no answer streams for that long).
@@ -19,16 +22,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from core.budgets.allowance import Allowance, Limit, Scope, refusal
+from core.budgets.cache import BudgetCache
+from core.budgets.connections import budget_transaction, retry_once_on_disconnect
+from core.budgets.counters import Counters, reserve, settle
 from core.budgets.models import TEAM, BudgetRow, CounterRow, ReservationRow
 from core.budgets.periods import Periods, Window
 from core.db import session_scope, utcnow
-from core.errors import BudgetUnavailable, ConfigError
+from core.errors import BudgetUnavailable
 
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(hours=1)
@@ -69,14 +73,24 @@ def _first(*values: int | None) -> int | None:
     return next((v for v in values if v is not None), None)
 
 
+def _caps_of(rows: Mapping[str, BudgetRow], subject: str) -> Caps:
+    return caps_from(rows.get(TEAM), rows.get(subject) if subject != TEAM else None)
+
+
 class BudgetStore:
     """Budgets, counters and reservations of one deployment's database."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, cache_seconds: float = 2.0) -> None:
         self.database_url = database_url
+        self.cache = BudgetCache(database_url, cache_seconds)
         self._next_sweep: dict[str, datetime] = {}  # tenant -> when this process sweeps next
 
     # --- a chat turn ------------------------------------------------------------------------
+
+    def known_without_budgets(self, tenant_id: str) -> bool:
+        """True when no budget applies to anyone in `tenant_id`, known without the database
+        (the turn then skips `reserve` and its thread altogether)."""
+        return self.cache.known_without_budgets(tenant_id)
 
     def reserve(
         self,
@@ -93,7 +107,9 @@ class BudgetStore:
         BudgetUnavailable when the database cannot be asked: budgets fail closed.
         """
         try:
-            return self._reserve(tenant_id, subject, amount, team_name, now)
+            return retry_once_on_disconnect(
+                lambda: self._reserve(tenant_id, subject, amount, team_name, now)
+            )
         except SQLAlchemyError as exc:
             log.warning("token budgets of %s cannot be checked: %s", tenant_id, exc)
             raise BudgetUnavailable(
@@ -104,32 +120,23 @@ class BudgetStore:
         self, tenant_id: str, subject: str, amount: int, team_name: str, now: datetime | None
     ) -> Reservation | None:
         periods = Periods(now or utcnow())
-        with session_scope(self.database_url) as session:
-            caps = self._caps(session, tenant_id, subject)
+        caps = _caps_of(self.cache.team(tenant_id).rows, subject)
         if not caps:
-            return None  # one indexed read is all a team without budgets pays
+            return None
         if periods.now >= self._next_sweep.get(tenant_id, periods.now):
             self._next_sweep[tenant_id] = periods.now + SWEEP_EVERY
             self.release_stale(tenant_id, periods.now)
         reservation_id = uuid.uuid4().hex
-        with session_scope(self.database_url) as session:
-            # A write first: SQLite then takes its write lock now (waiting for it), rather
-            # than failing to upgrade a read transaction that another writer overtook.
-            self._ensure_counters(session, tenant_id, subject, periods)
-            keys = (periods.day, periods.month)
-            counters = _read(session, tenant_id, subject, keys, lock=True)
-            limits = limits_from(counters, subject, periods, caps)
-            short = [x for x in limits if x.remaining < amount]
-            if short:  # raising rolls back: nothing held
+        row = {"id": reservation_id, "tenant_id": tenant_id, "subject": subject,
+               "day": periods.day, "month": periods.month, "amount": amount,
+               "created_at": periods.now}  # fmt: skip
+        with budget_transaction(self.database_url) as conn:
+            counters = reserve(conn, row, (periods.day, periods.month))
+            limits = limits_from(counters, subject, periods, caps)  # with this turn's amount
+            before = [replace(x, reserved=x.reserved - amount) for x in limits]
+            short = [x for x in before if x.remaining < amount]
+            if short:  # raising rolls back: nothing held, no reservation row
                 raise refusal(min(short, key=lambda x: x.remaining), team_name, periods, amount)
-            _add(session, tenant_id, subject, keys, reserved=amount)
-            session.add(
-                ReservationRow(
-                    id=reservation_id, tenant_id=tenant_id, subject=subject, day=periods.day,
-                    month=periods.month, amount=amount, created_at=periods.now,
-                )
-            )  # fmt: skip
-        limits = [replace(x, reserved=x.reserved + amount) for x in limits]
         allowance = Allowance(team_name, periods, tuple(limits))
         return Reservation(
             reservation_id, tenant_id, subject, team_name, periods.day, periods.month, amount,
@@ -156,12 +163,23 @@ class BudgetStore:
     def allowance(
         self, tenant_id: str, subject: str, *, team_name: str, now: datetime | None = None
     ) -> Allowance:
-        """Every budget that applies to `subject` in `tenant_id` and what is left of it."""
+        """Every budget that applies to `subject` in `tenant_id` and what is left of it.
+
+        Read from the database, not the cache (people look at this line to see a change
+        apply); a cached entry that disagrees is dropped, so the next turn reloads it.
+        """
         periods = Periods(now or utcnow())
+        query = select(BudgetRow).where(
+            BudgetRow.tenant_id == tenant_id, BudgetRow.subject.in_((TEAM, subject))
+        )
         with session_scope(self.database_url) as session:
-            caps = self._caps(session, tenant_id, subject)
+            caps = _caps_of({row.subject: row for row in session.scalars(query)}, subject)
             keys = (periods.day, periods.month)
-            counters = _read(session, tenant_id, subject, keys) if caps else {}
+            conn = session.connection()
+            counters = _read(conn, tenant_id, subject, keys) if caps else {}
+        cached = self.cache.fresh(tenant_id)
+        if cached is not None and _caps_of(cached.rows, subject) != caps:
+            self.cache.drop(tenant_id)
         return Allowance(team_name, periods, tuple(limits_from(counters, subject, periods, caps)))
 
     def release_stale(self, tenant_id: str, now: datetime | None = None) -> int:
@@ -188,88 +206,24 @@ class BudgetStore:
         after: tuple[Periods, Caps] | None = None,
     ) -> list[Limit]:
         """Give back `amount` (if still held) and count `used`; the limits `after` (if asked)."""
-        with session_scope(self.database_url) as session:
-            gone = delete(ReservationRow).where(ReservationRow.id == reservation_id)
-            # Whoever deletes the row gives the reservation back: the turn or the sweeper,
-            # never both. A turn settling after the sweeper still adds what it used.
-            held = session.execute(gone).rowcount == 1  # type: ignore[attr-defined]
-            give_back = amount if held else 0
-            if give_back or used:
-                _read(session, tenant_id, subject, periods, lock=True)  # the one lock order
-                _add(session, tenant_id, subject, periods, used=used, reserved=-give_back)
-            if after is None:
-                return []
-            now, caps = after
-            counters = _read(session, tenant_id, subject, (now.day, now.month))
-            return limits_from(counters, subject, now, caps)
-
-    def _caps(self, session: Session, tenant_id: str, subject: str) -> Caps:
-        rows = {
-            row.subject: row
-            for row in session.scalars(
-                select(BudgetRow).where(
-                    BudgetRow.tenant_id == tenant_id, BudgetRow.subject.in_((TEAM, subject))
-                )
-            )
-        }
-        return caps_from(rows.get(TEAM), rows.get(subject) if subject != TEAM else None)
-
-    def _ensure_counters(
-        self, session: Session, tenant_id: str, subject: str, periods: Periods
-    ) -> None:
-        rows = [
-            {"tenant_id": tenant_id, "subject": who, "period": period, "used": 0, "reserved": 0}
-            for who in (TEAM, subject)
-            for period in (periods.day, periods.month)
-        ]
-        dialect = session.get_bind().dialect.name
-        # INSERT ... ON CONFLICT DO NOTHING: both databases have it; SQLAlchemy spells it per
-        # dialect. Any other database is refused loudly rather than counted wrongly.
-        if dialect == "postgresql":
-            session.execute(postgresql.insert(CounterRow).values(rows).on_conflict_do_nothing())
-        elif dialect == "sqlite":
-            session.execute(sqlite.insert(CounterRow).values(rows).on_conflict_do_nothing())
-        else:
-            raise ConfigError(f"Token budgets support SQLite and PostgreSQL, not {dialect}.")
+        counters = settle(self.database_url, reservation_id, (tenant_id, subject, periods),
+                          amount, used)  # fmt: skip
+        if after is None:
+            return []
+        now, caps = after
+        if not counters or (now.day, now.month) != periods:  # nothing changed, or a new day
+            with session_scope(self.database_url) as session:
+                counters = _read(session.connection(), tenant_id, subject, (now.day, now.month))
+        return limits_from(counters, subject, now, caps)
 
 
-Counters = dict[tuple[str, str], tuple[int, int]]  # (subject, period) -> (used, reserved)
-
-
-def _read(
-    session: Session, tenant_id: str, subject: str, periods: Sequence[str], *, lock: bool = False
-) -> Counters:
-    """The counters of the team and `subject` in `periods`; `lock`: FOR UPDATE, in order.
-
-    Every transaction that changes counters locks them first, sorted, so two turns never
-    wait for each other in a cycle; then it checks and writes with the rows held. (SQLite
-    has no row locks: its one writer already holds the database.)
-    """
+def _read(conn: Connection, tenant_id: str, subject: str, periods: Sequence[str]) -> Counters:
+    """The counters of the team and `subject` in `periods` (without locking them)."""
     c = CounterRow.__table__.c
     query = select(c.subject, c.period, c.used, c.reserved).where(
         c.tenant_id == tenant_id, c.subject.in_((TEAM, subject)), c.period.in_(periods)
     )
-    if lock:
-        query = query.order_by(c.subject, c.period).with_for_update()
-    return {(r.subject, r.period): (r.used, r.reserved) for r in session.execute(query)}
-
-
-def _add(
-    session: Session,
-    tenant_id: str,
-    subject: str,
-    periods: Sequence[str],
-    *,
-    used: int = 0,
-    reserved: int = 0,
-) -> None:
-    """Add to the four counters of the team and `subject` in `periods` (rows locked first)."""
-    c = CounterRow.__table__.c
-    session.execute(
-        update(CounterRow)
-        .where(c.tenant_id == tenant_id, c.subject.in_((TEAM, subject)), c.period.in_(periods))
-        .values(used=c.used + used, reserved=c.reserved + reserved)
-    )
+    return {(r.subject, r.period): (r.used, r.reserved) for r in conn.execute(query)}
 
 
 def limits_from(counters: Counters, subject: str, periods: Periods, caps: Caps) -> list[Limit]:
