@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint setup bench clean
+.PHONY: run test lint setup bench clean dist
 
 run: setup
 	$(BIN)/tenantllm serve
@@ -25,6 +25,24 @@ lint: setup
 	$(BIN)/ruff format --check core tenant_plugins tests app.py bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/hadolint deploy/Dockerfile deploy/Dockerfile.gpu
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) deploy/k8s/*.yaml
+	$(BIN)/check-jsonschema -q --builtin-schema vendor.compose-spec deploy/docker-compose*.yml
+
+# The Kubernetes version deploy/k8s/ is checked against (one whose schemas kubernetes-validate
+# ships: the check is offline).
+K8S_VERSION := 1.33.0
+
+# `make dist`: the wheel in dist/, built offline from a clean copy of the sources (an in-place
+# build leaves build/ behind, whose stale files would end up in later wheels). DIST=dir elsewhere.
+DIST ?= dist
+DIST_SOURCES := pyproject.toml README.md LICENSE CHANGELOG.md app.py core tenant_plugins assets
+dist: setup
+	@mkdir -p $(DIST) && echo '*' > $(DIST)/.gitignore && rm -f $(DIST)/tenantllm-*.whl
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	tar --exclude=__pycache__ -cf - $(DIST_SOURCES) | tar -xf - -C "$$src" && \
+	PIP_NO_INDEX=1 $(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(DIST) "$$src"
+	@ls $(DIST)/tenantllm-*.whl
 
 bench: setup
 	$(BIN)/python -m bench.run

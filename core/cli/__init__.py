@@ -2,5 +2,8 @@
 
 from core.cli import ask, audit, budgets, db, eval, keys, knowledge, serve, siem  # noqa: F401  (registers commands)
 from core.cli.base import main
+from core.cli.version import add_version_option
+
+add_version_option(main)
 
 __all__ = ["main"]
