@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-Role = Literal["member", "editor"]  # per tenant; editor includes member
+Role = Literal["member", "editor", "team_admin"]  # per tenant; each includes the one before
 GlobalRole = Literal["auditor", "admin"]
 PrincipalKind = Literal["user", "api_key", "local"]
 
 TENANT_ROLES: tuple[str, ...] = get_args(Role)
 GLOBAL_ROLES: tuple[str, ...] = get_args(GlobalRole)
 # Higher rank wins when several groups grant roles on the same tenant.
-ROLE_RANK: dict[str, int] = {"member": 1, "editor": 2}
+ROLE_RANK: dict[str, int] = {"member": 1, "editor": 2, "team_admin": 3}
 
 
 @dataclass(frozen=True)

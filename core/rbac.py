@@ -5,7 +5,13 @@ Rules (the README "Roles" table says the same):
 - `auditor` (global) may read the audit log; nothing else unless a tenant role grants it.
 - `member` of a tenant may chat with it and read its document list.
 - `editor` of a tenant may also upload and delete its documents and manage its API keys.
-- An API key never manages keys (a leaked key must not mint new ones).
+- `team_admin` of a tenant (issue 15, item 3) may do what an editor may, and also read the
+  team's usage, set its members' budgets (never the team's own: that is the admin's grant)
+  and read the team's slice of the audit log: rows whose tenant is that team, never another
+  team's and never the global rows without a tenant (sign-ins, CLI reads). So `read_audit`
+  on a tenant is a team admin's right, and on no tenant (every row) an auditor's.
+- An API key never manages keys (a leaked key must not mint new ones), and never holds a
+  team-admin right (its role is member or editor: core/auth/apikeys.py).
 
 `authorize` only decides and raises `PermissionDenied`; it does not audit. The caller audits
 the refusal, because only the caller knows the request (action name, client IP, request id):
@@ -28,12 +34,21 @@ Action = Literal[
     "read_audit",
     "manage_keys",
     "view_admin",
+    "read_usage",
+    "manage_member_budgets",
+    "manage_team_budget",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 
 MEMBER_ACTIONS = frozenset({"chat", "read_documents"})
 EDITOR_ACTIONS = MEMBER_ACTIONS | {"upload", "delete_document", "manage_keys"}
-GLOBAL_ACTIONS = frozenset({"read_audit", "view_admin"})
+TEAM_ADMIN_ACTIONS = EDITOR_ACTIONS | {"read_usage", "manage_member_budgets", "read_audit"}
+GLOBAL_ACTIONS = frozenset({"view_admin"})
+ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    "member": MEMBER_ACTIONS,
+    "editor": EDITOR_ACTIONS,
+    "team_admin": TEAM_ADMIN_ACTIONS,
+}
 
 _WORDS: dict[str, str] = {
     "chat": "chat with",
@@ -41,6 +56,10 @@ _WORDS: dict[str, str] = {
     "upload": "upload documents to",
     "delete_document": "delete documents of",
     "manage_keys": "manage API keys of",
+    "read_usage": "read the usage of",
+    "manage_member_budgets": "set member budgets of",
+    "manage_team_budget": "change the team budget of",
+    "read_audit": "read the audit log of",
 }
 
 
@@ -50,18 +69,22 @@ def is_allowed(principal: Principal, tenant_id: str | None, action: Action) -> b
         return False  # an unknown action is refused, never allowed by default
     if principal.is_admin:
         return True
-    if action == "read_audit":
-        return "auditor" in principal.global_roles
+    if action == "read_audit" and "auditor" in principal.global_roles:
+        return True  # every team's rows and the global ones
     if action in GLOBAL_ACTIONS or tenant_id is None:
         return False
     if action == "manage_keys" and principal.kind == "api_key":
         return False
     role = principal.role_in(tenant_id)
-    if role == "editor":
-        return action in EDITOR_ACTIONS
-    if role == "member":
-        return action in MEMBER_ACTIONS
-    return False
+    return role is not None and action in ROLE_ACTIONS.get(role, frozenset())
+
+
+def allowed_tenants(principal: Principal, action: Action) -> list[str] | None:
+    """The tenants on which `principal` may do `action`; None: every tenant and the rows of no
+    tenant (an admin; an auditor for `read_audit`). Queries filter by this list in SQL."""
+    if is_allowed(principal, None, action):
+        return None
+    return sorted(t for t in principal.tenant_roles if is_allowed(principal, t, action))
 
 
 def authorize(principal: Principal, tenant_id: str | None, action: Action) -> None:
@@ -71,8 +94,10 @@ def authorize(principal: Principal, tenant_id: str | None, action: Action) -> No
     """
     if is_allowed(principal, tenant_id, action):
         return
-    if action == "read_audit":
+    if action == "read_audit" and tenant_id is None:
         raise PermissionDenied("Only auditors and admins may read the audit log.")
+    if action == "read_usage" and tenant_id is None:
+        raise PermissionDenied("Only admins and team admins may read usage.")
     if action == "view_admin":
         raise PermissionDenied("Only admins may open the administration page.")
     if tenant_id is None:

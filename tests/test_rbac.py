@@ -27,6 +27,22 @@ EXPECTED: dict[str, dict[str | None, set[str]]] = {
         OTHER: set(),
         None: set(),
     },
+    # Issue 15, item 3: editor + the team's usage, member budgets and audit slice; never the
+    # team's own budget, never another team, never the global rows (None).
+    "team_admin": {
+        OWN: {
+            "chat",
+            "read_documents",
+            "upload",
+            "delete_document",
+            "manage_keys",
+            "read_usage",
+            "manage_member_budgets",
+            "read_audit",
+        },
+        OTHER: set(),
+        None: set(),
+    },  # fmt: skip
     "auditor": {OWN: {"read_audit"}, OTHER: {"read_audit"}, None: {"read_audit"}},
     "admin": {OWN: ALL, OTHER: ALL, None: ALL},
     "nobody": {OWN: set(), OTHER: set(), None: set()},
@@ -42,7 +58,7 @@ EXPECTED: dict[str, dict[str | None, set[str]]] = {
 def principal_for(role: str) -> Principal:
     kind = "api_key" if role.startswith("key-") else "user"
     tenant_role = role.removeprefix("key-")
-    tenant_roles = {OWN: tenant_role} if tenant_role in ("member", "editor") else {}
+    tenant_roles = {OWN: tenant_role} if tenant_role in ("member", "editor", "team_admin") else {}
     global_roles = frozenset({role}) if role in ("auditor", "admin") else frozenset()
     return Principal(role, None, kind, tenant_roles, global_roles)  # type: ignore[arg-type]
 
@@ -75,7 +91,13 @@ def test_operator_is_a_local_admin() -> None:
 
 
 # Demo users (real sign-in) standing for each role; "zed" has no known group.
-PEOPLE = {"alice": "member", "erin": "editor", "audrey": "auditor", "root": "admin"}
+PEOPLE = {
+    "alice": "member",
+    "erin": "editor",
+    "tess": "team_admin",
+    "audrey": "auditor",
+    "root": "admin",
+}
 
 
 async def test_matrix_through_http_with_real_sign_ins(tmp_path: Path, oidc_issuer: str) -> None:
@@ -107,6 +129,31 @@ async def test_api_keys_through_bearer(tmp_path: Path, oidc_issuer: str) -> None
             assert allowed == EXPECTED[f"key-{role}"][tenant]
 
 
+def test_allowed_tenants_is_the_scope_queries_filter_by() -> None:
+    from core.rbac import allowed_tenants
+
+    team_admin = Principal("t", None, "user", {OWN: "team_admin", OTHER: "member"})
+    assert allowed_tenants(team_admin, "read_audit") == [OWN]
+    assert allowed_tenants(team_admin, "read_usage") == [OWN]
+    assert allowed_tenants(team_admin, "chat") == [OTHER, OWN]
+    assert allowed_tenants(principal_for("editor"), "read_usage") == []
+    assert allowed_tenants(principal_for("auditor"), "read_audit") is None  # every row
+    assert allowed_tenants(principal_for("auditor"), "read_usage") == []
+    assert allowed_tenants(principal_for("admin"), "read_usage") is None
+
+
+def test_no_api_key_is_a_team_admin(tmp_path: Path) -> None:
+    from core.config import Settings
+    from core.db import upgrade_database
+    from core.errors import InvalidRequest
+
+    settings = Settings(data_dir=tmp_path)
+    upgrade_database(settings.resolved_database_url)
+    with pytest.raises(InvalidRequest, match="member, editor"):
+        apikeys.create_key(settings, tenant_id=OWN, role="team_admin", created_by="t")
+    assert apikeys.list_keys(settings) == []
+
+
 # --- the group mapping file ------------------------------------------------------------------
 
 
@@ -129,6 +176,7 @@ def test_default_mapping_and_strongest_role(tmp_path: Path) -> None:
         frozenset({"auditor"}),
     )
     assert mapping.resolve(["SALES", "sales ", "admin"]) == ({}, frozenset())
+    assert mapping.resolve(["sales-editors", "sales-admins"])[0] == {"sales": "team_admin"}
     assert ("admins", None, "admin") in {(r.group, r.tenant, r.role) for r in mapping.rules()}
 
 

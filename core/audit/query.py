@@ -1,7 +1,8 @@
 """Reading the audit log: filtered pages, chart aggregates and CSV export.
 
 Filters are always applied in SQL, and the tenant filter is an exact match, so a page for
-tenant B can never carry tenant A's rows whatever the other filters say.
+tenant B can never carry tenant A's rows whatever the other filters say. A team admin's slice
+(`scoped_to`) adds `tenant_id IN (their teams)`, which no row without a tenant matches.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, TypeVar
 
@@ -39,6 +40,18 @@ class AuditFilters:
     action: str | None = None
     outcome: str | None = None
     flagged_only: bool = False
+    # The caller's slice: only these tenants' rows (None: no limit). Set by `scoped_to`.
+    tenant_ids: tuple[str, ...] | None = None
+
+
+def scoped_to(filters: AuditFilters, tenants: list[str] | None) -> AuditFilters:
+    """`filters` limited to the rows of `tenants` (rbac.allowed_tenants; None: every row).
+
+    An empty list matches nothing: a caller with no team gets no rows, never all of them.
+    """
+    if tenants is None:
+        return filters
+    return replace(filters, tenant_ids=tuple(tenants))
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,8 @@ def conditions(filters: AuditFilters) -> list[ColumnElement[bool]]:
         where.append(T.outcome == filters.outcome)
     if filters.flagged_only:
         where.append(T.flags != "[]")
+    if filters.tenant_ids is not None:
+        where.append(T.tenant_id.in_(filters.tenant_ids))  # NULL is in no list
     return where
 
 
@@ -176,7 +191,8 @@ def iter_records(url: str, filters: AuditFilters) -> Iterator[AuditRecord]:
         yield from _rows(conn.execution_options(yield_per=1000), statement)
 
 
-def _bucket_expr(conn: Connection, bucket: Bucket) -> ColumnElement[Any]:
+def bucket_expr(conn: Connection, bucket: Bucket) -> ColumnElement[Any]:
+    """The start of `created_at`'s UTC minute, hour or day, as this database computes it."""
     if bucket not in _SQLITE_BUCKETS:
         raise InvalidRequest("bucket must be minute, hour or day.")
     if conn.dialect.name == "postgresql":
@@ -184,7 +200,8 @@ def _bucket_expr(conn: Connection, bucket: Bucket) -> ColumnElement[Any]:
     return func.strftime(_SQLITE_BUCKETS[bucket], T.created_at)
 
 
-def _as_datetime(value: Any) -> datetime:
+def as_datetime(value: Any) -> datetime:
+    """A bucket value as an aware UTC datetime (PostgreSQL gives datetimes, SQLite text)."""
     if isinstance(value, datetime):
         return _utc(value)
     return _utc(datetime.fromisoformat(str(value)))
@@ -195,11 +212,11 @@ def requests_per_tenant_over_time(
 ) -> list[TimeBucketCount]:
     """Event counts per (bucket, tenant), oldest bucket first."""
     with get_engine(url).connect() as conn:
-        slot = _bucket_expr(conn, bucket).label("bucket")
+        slot = bucket_expr(conn, bucket).label("bucket")
         statement = _filtered(select(slot, T.tenant_id, func.count()), filters)
         statement = statement.group_by(slot, T.tenant_id).order_by(slot, T.tenant_id)
         return [
-            TimeBucketCount(_as_datetime(b), tenant, int(n))
+            TimeBucketCount(as_datetime(b), tenant, int(n))
             for b, tenant, n in conn.execute(statement)
         ]
 
@@ -230,7 +247,8 @@ def tokens_per_tenant(url: str, filters: AuditFilters) -> list[TenantTokens]:
 CSV_COLUMNS = [f.name for f in fields(AuditRecord)]
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell: lists space-joined, times ISO, and never a spreadsheet formula."""
     if isinstance(value, list):
         value = " ".join(str(v) for v in value)
     elif isinstance(value, datetime):
@@ -248,7 +266,7 @@ def write_csv(url: str, filters: AuditFilters, stream: IO[str]) -> int:
     writer.writerow(CSV_COLUMNS)
     count = 0
     for record in iter_records(url, filters):
-        writer.writerow([_cell(getattr(record, name)) for name in CSV_COLUMNS])
+        writer.writerow([csv_cell(getattr(record, name)) for name in CSV_COLUMNS])
         count += 1
     return count
 

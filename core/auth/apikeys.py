@@ -28,7 +28,7 @@ from core.auth.sessions import aware, utcnow
 from core.config import Settings
 from core.db import Base, session_scope
 from core.errors import InvalidRequest, NotAuthenticated, NotFound
-from core.identity import TENANT_ROLES, Principal, Role
+from core.identity import Principal, Role
 from core.rbac import is_allowed
 
 KEY_PREFIX = "tlm_"
@@ -38,6 +38,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 # Old UI wording: a "chat" scope is the member role.
 _SCOPE_ALIASES = {"chat": "member"}
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often
+# Not `team_admin`: a key is a program's credential, and a leaked one must not read the
+# team's audit log or usage, nor set its members' budgets.
+KEY_ROLES: tuple[Role, ...] = ("member", "editor")
 
 
 class ApiKeyRow(Base):
@@ -117,8 +120,8 @@ def _info(row: ApiKeyRow) -> ApiKeyInfo:
 
 def _role(role: str | None, scope: str | None) -> Role:
     value = role or _SCOPE_ALIASES.get(scope or "", scope) or "member"
-    if value not in TENANT_ROLES:
-        raise InvalidRequest(f"A key's role must be one of {', '.join(TENANT_ROLES)}.")
+    if value not in KEY_ROLES:
+        raise InvalidRequest(f"A key's role must be one of {', '.join(KEY_ROLES)}.")
     return cast(Role, value)
 
 

@@ -47,6 +47,7 @@ class DemoUser:
 DEMO_USERS: list[DemoUser] = [
     DemoUser("alice", "alice@example.com", "Alice", ("sales",), "sales member"),
     DemoUser("erin", "erin@example.com", "Erin", ("sales-editors",), "sales editor"),
+    DemoUser("tess", "tess@example.com", "Tess", ("sales-admins",), "sales team admin"),
     DemoUser("dave", "dave@example.com", "Dave", ("development-editors",), "development editor"),
     DemoUser("fiona", "fiona@example.com", "Fiona", ("finance",), "finance member"),
     DemoUser("audrey", "audrey@example.com", "Audrey", ("auditors",), "auditor (audit log)"),

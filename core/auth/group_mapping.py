@@ -1,5 +1,8 @@
 """IdP groups -> tenant roles and global roles, from a YAML file that can change at run time.
 
+Tenant roles are `member`, `editor` and `team_admin` (core/identity.py); a group may make its
+people team admins of one team exactly as it makes them editors (`tenants: {sales: team_admin}`).
+
 The file (Settings.group_mapping_file, example in assets/group_mapping.yaml) is re-read when
 its modification time or size changes, and on SIGHUP. A broken file at start is a
 `ConfigError`; a broken file while running is logged and the previous mapping stays in force,

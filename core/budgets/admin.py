@@ -1,7 +1,13 @@
 """Setting and showing budgets: what an admin (the `tenantllm budgets` command) does.
 
-Who may call these is the caller's check (`require_budget_admin`); what is shown is decided
-here, in the query: `budget_report(url, tenant_id)` reads only that team's rows.
+Who may call these is the caller's check (`require_budget_admin`, or `check_budget_change`
+for one change); what is shown is decided here, in the query: `budget_report(url,
+tenant_id)` reads only that team's rows.
+
+A team admin (issue 15, item 3) manages budgets within what the admin gave the team: the
+team's own daily and monthly budget is the admin's grant (`manage_team_budget`), and what a
+team admin sets for members (a person's budget, or the default per member) may not exceed it
+(`manage_member_budgets`), so delegating never raises what the team may spend.
 """
 
 from __future__ import annotations
@@ -26,12 +32,49 @@ MEMBER_FIELDS = ("daily", "monthly")
 MAX_TOKENS = 10**15  # far above any real budget, far below BigInteger's limit
 
 
-def require_budget_admin(principal: Principal) -> None:
-    """Budgets are set by global admins (PermissionDenied otherwise).
+TEAM_GRANT = ("daily", "monthly")  # the team row's own budget: set by admins only
+# A member budget and the team budget it must fit under.
+_CEILING = {"daily": "daily", "monthly": "monthly", "member_daily": "daily",
+            "member_monthly": "monthly"}  # fmt: skip
 
-    Team admins (issue 15, item 3) will get their own action in core/rbac.py.
-    """
+
+def require_budget_admin(principal: Principal) -> None:
+    """Every team's budgets are shown and set by global admins (PermissionDenied otherwise)."""
     authorize(principal, None, "view_admin")
+
+
+def check_budget_change(
+    url: str,
+    principal: Principal,
+    tenant_id: str,
+    changes: Mapping[str, int | None],
+    *,
+    user: str | None,
+) -> None:
+    """PermissionDenied or InvalidRequest unless `principal` may make this change.
+
+    The team's own budget needs `manage_team_budget` (admins); member budgets need
+    `manage_member_budgets` (admins, the team's team admins) and, for a team admin, must fit
+    under the team's budget of the same period.
+    """
+    validate_changes(changes, user)
+    if user is None and set(changes) & set(TEAM_GRANT):
+        authorize(principal, tenant_id, "manage_team_budget")
+        return
+    authorize(principal, tenant_id, "manage_member_budgets")
+    if principal.is_admin:
+        return  # the admin is who grants: nothing above them to fit under
+    with session_scope(url) as session:
+        team = session.get(BudgetRow, (tenant_id, TEAM))
+        grant = {name: getattr(team, name) if team else None for name in TEAM_GRANT}
+    for name, value in changes.items():
+        ceiling = grant[_CEILING[name]]
+        # `off` is within the grant: a member without a budget is still held by the team's.
+        if ceiling is not None and value is not None and value > ceiling:
+            raise InvalidRequest(
+                f"A member's {_CEILING[name]} budget must fit under the team's "
+                f"{ceiling:,} tokens; only an admin can change the team's budget."
+            )
 
 
 @dataclass(frozen=True)

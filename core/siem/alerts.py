@@ -21,7 +21,7 @@ from typing import Any, cast
 from core.audit.auditor import AuditEvent, Outcome, to_payload
 from core.audit.query import AuditRecord
 from core.audit.writer import append_batch
-from core.siem.cursor import rows_between
+from core.siem.cursor import rows_between, stored_event_ids
 from core.siem.document import ALERT_ACTION
 from core.siem.rules import Alert, Rule, RuleState
 
@@ -72,6 +72,7 @@ class AlertConsumer:
     """Judges audit rows with the rules; writes an alert row per window that fires."""
 
     kind = "alerts"
+    starts_at_head = True  # a new deployment's rules judge from now on, not the history
 
     def __init__(self, url: str, rules: list[Rule]) -> None:
         """A consumer over the audit log at `url`."""
@@ -95,14 +96,23 @@ class AlertConsumer:
         return len(records)
 
     def _warm_up(self, first: AuditRecord) -> None:
-        """Rebuild the open windows from the rows judged before `first` (alerts discarded)."""
+        """Rebuild the open windows from the rows before `first`, without writing alerts.
+
+        A window that crossed its threshold there but has no alert row (the rules were off
+        then, or just turned on) stays armed: its next row fires, the storm is still on.
+        """
         self._warm = True
         if first.seq <= 1 or not self.state.rules:
             return
         # Creation times follow seq only roughly (several writers): a minute of slack.
         since = first.created_at - timedelta(seconds=self.state.longest + 60)
-        for record in rows_between(self.url, since, first.seq - 1):
-            self.state.feed(record)
+        crossed = [
+            a for r in rows_between(self.url, since, first.seq - 1) for a in self.state.feed(r)
+        ]
+        stored = stored_event_ids(self.url, [a.event_id for a in crossed])
+        for alert in crossed:
+            if alert.event_id not in stored:
+                self.state.windows[(alert.rule.name, alert.key, alert.window_start)].fired = False
 
     def close(self) -> None:
         """Nothing to release."""

@@ -49,24 +49,34 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def ensure_cursor(url: str, name: str, kind: str) -> int:
-    """The position of `name`, created at 0 (the log's start) if it has none yet."""
+def ensure_cursor(url: str, name: str, kind: str, *, at_head: bool = False) -> int:
+    """The position of `name`; a new cursor starts at 0 (the log's start), or at the head.
+
+    Sinks start at 0: the SIEM gets the whole log. The alert rules and the webhook start at
+    the head: alerts are about now, not a page for every window of last year's history.
+    """
     engine = get_engine(url)
     with engine.connect() as conn:
         found = conn.execute(select(_cursors.c.last_seq).where(_cursors.c.name == name)).first()
         if found is not None:
             return int(found[0])
+        start = int(conn.execute(select(func.max(_audit.c.seq))).scalar() or 0) if at_head else 0
         try:
             conn.execute(
                 insert(_cursors).values(
-                    name=name, kind=kind, last_seq=0, delivered=0, updated_at=utcnow(), failures=0
+                    name=name,
+                    kind=kind,
+                    last_seq=start,
+                    delivered=0,
+                    updated_at=utcnow(),
+                    failures=0,
                 )
             )
             conn.commit()
         except IntegrityError:  # another deliverer created it first: read theirs
             conn.rollback()
             return ensure_cursor(url, name, kind)
-    return 0
+    return start
 
 
 def read_cursor(url: str, name: str) -> CursorState | None:
@@ -141,6 +151,15 @@ def rows_between(url: str, since: datetime, last_seq: int) -> Iterator[AuditReco
         result = conn.execution_options(yield_per=1000).execute(statement)
         for row in result.mappings():
             yield to_record(row)
+
+
+def stored_event_ids(url: str, event_ids: list[str]) -> set[str]:
+    """Which of `event_ids` are in the audit log."""
+    if not event_ids:
+        return set()
+    statement = select(_audit.c.event_id).where(_audit.c.event_id.in_(event_ids))
+    with get_engine(url).connect() as conn:
+        return set(conn.scalars(statement))
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class Deliverer:
     def run_once(self, *, force: bool = False, max_batches: int | None = None) -> RoundResult:
         """Deliver what is pending (all of it, or `max_batches`), unless backing off."""
         name = self.consumer.name
-        seq = cursor.ensure_cursor(self.url, name, self.consumer.kind)
+        seq = self._position()
         if not force and self.clock() < self.next_try:
             return RoundResult(name, 0, seq, skipped=True)
         delivered, batches = 0, 0
@@ -87,13 +87,19 @@ class Deliverer:
             if acknowledged > 0:
                 done = rows[acknowledged - 1].seq
                 if not cursor.advance(self.url, name, seq, done, acknowledged):
-                    seq = cursor.ensure_cursor(self.url, name, self.consumer.kind)
+                    seq = self._position()
                     continue  # another deliverer moved it: go on from there
                 seq, delivered = done, delivered + acknowledged
             if acknowledged < len(rows):
                 return self._failed(seq, delivered, f"receiver took {acknowledged} of {len(rows)}")
         self.failures, self.next_try = 0, 0.0
         return RoundResult(name, delivered, seq)
+
+    def _position(self) -> int:
+        consumer = self.consumer
+        return cursor.ensure_cursor(
+            self.url, consumer.name, consumer.kind, at_head=consumer.starts_at_head
+        )
 
     def _failed(self, seq: int, delivered: int, error: str) -> RoundResult:
         self.failures += 1

@@ -42,6 +42,7 @@ class SplunkHecSink:
     """Sends batches to a Splunk HTTP Event Collector."""
 
     kind = "splunk-hec"
+    starts_at_head = False
 
     def __init__(self, name: str, url: str, token: str, verify: Verify, timeout: float) -> None:
         """A sink posting to `url` (its path defaults to the event endpoint)."""
@@ -81,6 +82,7 @@ class ElasticsearchSink:
     """Indexes batches with the Elasticsearch bulk API."""
 
     kind = "elasticsearch"
+    starts_at_head = False
 
     def __init__(
         self, name: str, origin: str, index: str, api_key: str, verify: Verify, timeout: float
@@ -142,6 +144,7 @@ class WebhookSink:
     """Posts alert rows as JSON to a webhook (chat-ops, paging); other rows pass silently."""
 
     kind = "webhook"
+    starts_at_head = True  # pages about now, not about the history before it was set
 
     def __init__(self, name: str, url: str, verify: Verify, timeout: float) -> None:
         """A sink posting to `url`."""

@@ -33,6 +33,7 @@ class Sink(Protocol):
 
     name: str
     kind: str
+    starts_at_head: bool  # a new cursor starts at the log's head, not its first row
 
     def deliver(self, records: Sequence[AuditRecord]) -> int:
         """Hand `records` over in order; return how many (from the first) were acknowledged.
@@ -48,6 +49,7 @@ class FileSink:
     """Appends one JSON line per row to a file (for Filebeat or a Splunk forwarder)."""
 
     kind = "file"
+    starts_at_head = False
 
     def __init__(self, name: str, path: Path) -> None:
         """A sink appending to `path` (created 0600: audit rows hold personal data)."""

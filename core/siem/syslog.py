@@ -84,6 +84,7 @@ class SyslogSink:
     """Sends batches to a syslog receiver over TCP, or TLS when `tls` is given."""
 
     kind = "syslog"
+    starts_at_head = False
 
     def __init__(
         self, name: str, host: str, port: int, tls: ssl.SSLContext | None, timeout: float

@@ -17,6 +17,7 @@ import gradio as gr
 from fastapi import FastAPI, Request
 
 from core.auth.principal import logout_token_of, principal_from_request
+from core.rbac import allowed_tenants
 from core.services import Services
 from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
@@ -25,6 +26,7 @@ from core.ui.documents_tab import build_documents_tab
 from core.ui.gradio_guard import install_gradio_guard
 from core.ui.header import ASSETS, brand_html, identity_html
 from core.ui.session import may, team_choices, ui_call
+from core.ui.usage_tab import build_usage_tab
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def on_load(services: Services, request: gr.Request) -> tuple[Any, ...]:
             identity_html(services, principal, logout_token_of(request.request)),
             # People without a team (an auditor, say) get no empty selector.
             gr.update(choices=choices, value=first, visible=bool(choices)),
-            gr.Tab(visible=may(principal, None, "read_audit")),
+            # A team admin reads their team's slice: the tab shows for any scope but none.
+            gr.Tab(visible=allowed_tenants(principal, "read_audit") != []),
+            gr.Tab(visible=allowed_tenants(principal, "read_usage") != []),
             gr.Tab(visible=may(principal, None, "view_admin")),
         )
 
@@ -81,6 +85,8 @@ def build_blocks(services: Services) -> gr.Blocks:
                 build_documents_tab(services, team)
             with gr.Tab("Audit", id="audit", visible=False, elem_id="tab-audit") as audit_tab:
                 audit_fill, audit_inputs, audit_outputs = build_audit_tab(services)
+            with gr.Tab("Usage", id="usage", visible=False, elem_id="tab-usage") as usage_tab:
+                usage_fill, usage_inputs, usage_outputs = build_usage_tab(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as admin_tab:
                 admin_fill, admin_outputs = build_admin_tab(services)
 
@@ -88,9 +94,12 @@ def build_blocks(services: Services) -> gr.Blocks:
             return on_load(services, request)
 
         private: dict[str, Any] = {"api_visibility": "private"}
-        blocks.load(load, None, [identity, team, audit_tab, admin_tab], **private)
+        blocks.load(load, None, [identity, team, audit_tab, usage_tab, admin_tab], **private)
         audit_tab.select(
             audit_fill, audit_inputs, audit_outputs, api_name="audit_tab_open", **private
+        )
+        usage_tab.select(
+            usage_fill, usage_inputs, usage_outputs, api_name="usage_tab_open", **private
         )
         admin_tab.select(admin_fill, None, admin_outputs, api_name="admin_tab_open", **private)
     return blocks

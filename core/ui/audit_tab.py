@@ -1,8 +1,11 @@
 """The Audit tab (auditors and admins): filters, table, charts, chain status, CSV, injections.
 
-The tab is hidden for everyone else (its visibility is set per session when the page loads)
-and every handler authorizes `read_audit` again and audits the viewing (`audit_view`): the
-events are callable over HTTP by any signed-in session, so hiding is not the protection.
+Team admins get their team's slice: rows whose tenant is their team, never another team's
+and never the global rows (`scoped_filters`, applied in SQL); the chain status, a fact about
+every row, is for auditors and admins. The tab is hidden for everyone else (its visibility
+is set per session when the page loads) and every handler authorizes `read_audit` again and
+audits the viewing (`audit_view`): the events are callable over HTTP by any signed-in
+session, so hiding is not the protection.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.audit.query import AuditFilters, AuditRecord, Bucket
+from core.audit.query import AuditFilters, AuditRecord, Bucket, scoped_to
 from core.errors import InvalidRequest
+from core.rbac import allowed_tenants
 from core.services import Services
-from core.ui.session import ui_call
+from core.ui.session import UiCall, ui_call
 
 PAGE_SIZE = 50
 RANGES = {
@@ -64,6 +68,21 @@ def to_filters(f: FilterInput, *, flagged_only: bool = False) -> AuditFilters:
         outcome=None if f.outcome == "any" else f.outcome,
         flagged_only=flagged_only,
     )
+
+
+def scoped_filters(call: UiCall, f: FilterInput, *, flagged_only: bool = False) -> AuditFilters:
+    """`to_filters`, limited to the rows the caller may read; a refusal is audited first.
+
+    An auditor or admin reads every row; a team admin only their teams' (all of them for
+    "All teams", the one asked for otherwise, and another team is refused).
+    """
+    filters = to_filters(f, flagged_only=flagged_only)
+    tenants = allowed_tenants(call.principal, "read_audit")
+    if tenants == []:
+        call.check(None, "read_audit")  # no team's rows either: refused
+    if tenants is not None and filters.tenant_id is not None:
+        call.check(filters.tenant_id, "read_audit")
+    return scoped_to(filters, tenants)
 
 
 def table_view(rows: list[AuditRecord]) -> pd.DataFrame:
@@ -123,8 +142,10 @@ def charts(
     return over_time, refusals, tokens
 
 
-def chain_status(services: Services) -> str:
-    """The hash chain's verification, as one line."""
+def chain_status(services: Services, principal_reads_all: bool = True) -> str:
+    """The hash chain's verification, as one line (for readers of every row only)."""
+    if not principal_reads_all:
+        return "The audit chain is verified by auditors and admins."
     report = services.auditor.verify()
     if report.ok:
         return (
@@ -142,14 +163,13 @@ def load(
 ) -> tuple[Any, ...]:
     """Everything the tab shows for these filters and page; the viewing is audited."""
     with ui_call(services, request) as call:
-        call.check(None, "read_audit")
-        filters = to_filters(f)
+        filters = scoped_filters(call, f)
         total = services.auditor.query(filters, page=1, page_size=1).total
         pages = max(1, -(-total // PAGE_SIZE))
         page = min(max(1, page), pages)
         result = services.auditor.query(filters, page=page, page_size=PAGE_SIZE)
         flagged = services.auditor.query(
-            to_filters(f, flagged_only=True), page=1, page_size=PAGE_SIZE
+            scoped_filters(call, f, flagged_only=True), page=1, page_size=PAGE_SIZE
         )
         over_time, refusals, tokens = charts(services, filters, _bucket(f))
         call.record_ok("audit_view", None, f"page {page}")
@@ -160,7 +180,7 @@ def load(
             over_time,
             refusals,
             tokens,
-            chain_status(services),
+            chain_status(services, filters.tenant_ids is None),
             table_view(flagged.rows),
         )
 
@@ -168,8 +188,7 @@ def load(
 def export(services: Services, f: FilterInput, request: gr.Request | None) -> Any:
     """The current filter's events as a CSV file (audited as `audit_export`)."""
     with ui_call(services, request) as call:
-        call.check(None, "read_audit")
-        csv_text = services.auditor.export_csv(to_filters(f))
+        csv_text = services.auditor.export_csv(scoped_filters(call, f))
         out = Path(tempfile.mkdtemp(prefix="tl-audit-")) / "audit-export.csv"
         out.write_text(csv_text, encoding="utf-8")
         call.record_ok("audit_export", None)

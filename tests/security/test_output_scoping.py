@@ -13,16 +13,21 @@ and the CLI's command tree): a handler added later without a row here fails the 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from core.audit.auditor import AuditEvent, Auditor
 from core.audit.query import AuditFilters
 from core.auth import apikeys
 from core.chat import conversations as conv
@@ -195,12 +200,14 @@ def world(app_server) -> World:
         "fin_editor": make_user(issuer, ["finance-editors"], prefix=fin),
         "auditor": make_user(issuer, ["auditors"], prefix="auditor"),
         "admin": make_user(issuer, ["admins"], prefix="admin"),
+        "sales_admin": make_user(issuer, ["sales-admins"], prefix="salesadmin"),
     }
     w.ids["fin_editor"] = w.users["fin_editor"]
     _team_rows(w, "sales_editor", "sales", sales, "sales")
     _team_rows(w, "fin_editor", "finance", fin, "fin")
     _conversations(w)
     _budgets(app_server, w)
+    _usage_rows(w)
     # Team B's audit rows are stored before any audit handler is called.
     assert wait_for_audit(w.db, AuditFilters(user=w.users["fin_editor"], action="ui_create_key"))
     return w
@@ -319,8 +326,35 @@ def scenario_audit(api_name: str, with_page: bool = True) -> Scenario:
             out = s.ok(api_name, shape(AUDIT_FINANCE))
             shown = out if with_page else [_exported(s, out)]
         assert_scoped(shown, [w.fin], [w.sales])
+        _team_admin_audit(w, api_name, shape(AUDIT_ALL), shape(AUDIT_FINANCE), with_page)
 
     return run
+
+
+def _teams_in(s: GradioSession, out: list[dict[str, Any]], with_page: bool) -> set[str]:
+    """The team column of every row an audit or usage event returned (table or CSV)."""
+    if not with_page:
+        lines = csv.DictReader(io.StringIO(_exported(s, out)))
+        return {row.get("team", row.get("tenant_id")) or "-" for row in lines}
+    table = final_data(out)[0]
+    column = table["headers"].index("team")
+    return {row[column] for row in table["data"]}
+
+
+def _team_admin_audit(
+    w: World, api_name: str, every: list[Any], finance: list[Any], with_page: bool
+) -> None:
+    """A sales team admin: sales rows only, for 'All teams' too (no global row, shown as the
+    dash); finance refused, naming none of its values."""
+    with w.session("sales_admin") as s:
+        out = s.ok(api_name, every)
+        teams = _teams_in(s, out, with_page)
+        shown = out if with_page else [_exported(s, out)]
+        refused = s.call(api_name, finance)
+    assert teams == {"sales"}, teams
+    assert_scoped(shown, [w.sales], w.foreign())
+    assert refused[-1].get("success") is False, refused[-1]
+    assert_scoped(refused, ["audit log of the team 'finance'"], w.foreign())
 
 
 def scenario_admin_view(api_name: str) -> Scenario:
@@ -380,6 +414,70 @@ def scenario_allowance(api_name: str) -> Scenario:
     return run
 
 
+def _usage_rows(w: World) -> None:
+    """A chat turn's audit row in each team (tokens set): the Usage tab's rows. Written by a
+    second writer on the app's database, as another replica would (the chain stays one)."""
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), database_url=w.db)
+    auditor = Auditor(settings)
+    for who, team in (("sales_member", "sales"), ("fin_editor", "finance")):
+        auditor.record(
+            AuditEvent(action="chat", outcome="ok", user_sub=w.users[who], tenant_id=team,
+                       user_email=f"{w.users[who]}@example.com", tokens_in=12, tokens_out=5)
+        )  # fmt: skip
+    auditor.close()
+    w.ids["sales_member"] = w.users["sales_member"]
+
+
+USAGE_SALES = ["Last 30 days", "user", "all"]
+USAGE_FINANCE = ["Last 30 days", "user", "finance"]
+
+
+def scenario_usage(api_name: str, with_page: bool = True) -> Scenario:
+    """Usage: refused to a sales editor; a sales team admin gets sales only (finance refused);
+    an admin gets both teams."""
+
+    def run(w: World) -> None:
+        with w.session("sales_editor") as s:
+            out = s.call(api_name, USAGE_SALES)
+        assert out[-1].get("success") is False, out[-1]
+        assert_scoped(out, ["admins and team admins"], w.foreign())
+        with w.session("sales_admin") as s:
+            out = s.ok(api_name, USAGE_SALES)
+            assert _teams_in(s, out, with_page) == {"sales"}
+            shown = out if with_page else [_exported(s, out)]
+            refused = s.call(api_name, USAGE_FINANCE)
+        assert_scoped(shown, [w.users["sales_member"]], [*w.foreign(), "finance"])
+        assert refused[-1].get("success") is False, refused[-1]
+        assert_scoped(refused, ["usage of the team 'finance'"], w.foreign())
+        with w.session("admin") as s:
+            out = s.ok(api_name, USAGE_SALES)
+            shown = out if with_page else [_exported(s, out)]
+        assert_scoped(shown, [w.users["sales_member"], w.ids["fin_editor"]], [])
+
+    return run
+
+
+def scenario_usage_budget(w: World) -> None:
+    """Member budgets: refused to a sales editor; a sales team admin sets a sales member's,
+    under the team's budget, and gets sales rows only; finance is refused; an admin sets any."""
+    member, fin_editor = w.users["sales_member"], w.ids["fin_editor"]
+    with w.session("sales_editor") as s:
+        out = s.call("usage_set_budget", ["sales", member, "1000", ""])
+    assert out[-1].get("success") is False, out[-1]
+    assert_scoped(out, ["member budgets of the team 'sales'"], w.foreign())
+    with w.session("sales_admin") as s:
+        out = s.ok("usage_set_budget", ["sales", member, "1000", ""])
+        over = s.call("usage_set_budget", ["sales", member, "95000000", ""])
+        refused = s.call("usage_set_budget", ["finance", fin_editor, "1", ""])
+    assert_scoped(out, [member, "90000000"], [*w.foreign(), "80000000", "70000000"])
+    assert over[-1].get("success") is False and "90,000,000" in str(over[-1]), over[-1]
+    assert refused[-1].get("success") is False, refused[-1]
+    assert_scoped(refused, ["member budgets of the team 'finance'"], w.foreign())
+    with w.session("admin") as s:
+        out = s.ok("usage_set_budget", ["finance", fin_editor, "70000000", ""])
+    assert_scoped(out, [fin_editor, "80000000"], [member, "90000000"])
+
+
 HANDLERS: dict[str, Scenario] = {
     "load": scenario_load,
     # Chat tab (a sales member)
@@ -411,6 +509,11 @@ HANDLERS: dict[str, Scenario] = {
     # Admin tab
     "admin_overview": scenario_admin_view("admin_overview"),
     "admin_tab_open": scenario_admin_view("admin_tab_open"),
+    # Usage tab (admins; team admins for their team)
+    "usage_query": scenario_usage("usage_query"),
+    "usage_export": scenario_usage("usage_export", with_page=False),
+    "usage_tab_open": scenario_usage("usage_tab_open"),
+    "usage_set_budget": scenario_usage_budget,
     "admin_create_key": scenario_create_key,
     "admin_revoke_key": scenario_revoke_key,
 }
@@ -496,6 +599,7 @@ CLI_ROWS: dict[str, tuple[list[str], str]] = {
     "docs": (["docs", "--tenant", "sales", "--json"], "sales_doc"),
     "audit list": (["audit", "list", "--tenant", "sales", "--json", "--limit", "1000"], "sales"),
     "audit export": (["audit", "export", "--tenant", "sales"], "sales"),
+    "usage": (["usage", "--tenant", "sales", "--by", "user", "--json"], "sales_member"),
 }
 # Commands that print no team's rows, or only rows of what they were just given.
 CLI_NO_ROWS = {

@@ -159,6 +159,7 @@ def test_webhook_gets_alert_rows_only(tmp_path: Path, db_url: str) -> None:
         alert_webhook_url=f"http://127.0.0.1:{receiver.port}/hook",
     )
     try:
+        deliver(settings)  # a new webhook starts at the head: set up before the events
         record(settings, [chat_event(i) for i in range(4)])
         record(settings, [chat_event(9, flags=["prompt_injection:ignore_instructions"])])
         deliver(settings)

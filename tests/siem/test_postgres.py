@@ -33,6 +33,7 @@ def test_two_deliverers_of_one_sink_skip_nothing(tmp_path: Path, pg_url: str) ->
         alerts_enabled=True,
         alert_denials="3/hour",
     )
+    SiemRunner(settings).deliver_all(force=True)  # cursors exist before the events
     record(settings, [chat_event(i) for i in range(120)])
     record(settings, [chat_event(i, outcome="denied", status=403) for i in range(120, 126)])
     runners = [SiemRunner(settings), SiemRunner(settings)]
