@@ -83,12 +83,12 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def upgrade_database(url: str) -> None:
-    """Bring the schema at `url` to the newest migration (idempotent)."""
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Bring the schema at `url` to `revision` (default: the newest migration; idempotent)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection_url"] = url
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)

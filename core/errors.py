@@ -30,6 +30,14 @@ class ConfigError(TenantLLMError):
     error_type = "server_error"
 
 
+class BackupError(TenantLLMError):
+    """A backup cannot be written, or an archive cannot be restored (nothing was changed)."""
+
+    status = 500
+    code = "backup_error"
+    error_type = "server_error"
+
+
 class ModelError(TenantLLMError):
     """The model could not be prepared or loaded."""
 

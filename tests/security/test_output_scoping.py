@@ -604,6 +604,10 @@ CLI_ROWS: dict[str, tuple[list[str], str]] = {
 # Commands that print no team's rows, or only rows of what they were just given.
 CLI_NO_ROWS = {
     "serve": "starts the server",
+    # Whole-install operator commands (like db upgrade): counts only, never a team's content;
+    # that teams stay apart after a restore is tests/test_backup.py's _check_restored.
+    "backup": "row and file counts of the archive it wrote",
+    "restore": "row and file counts, the chain verdict",
     "db upgrade": "migrates the schema",
     "tenants": "the team registry (no team's data)",
     "ingest": "outcomes of the files it was given",
