@@ -47,10 +47,11 @@ BENCHMARKS: dict[str, str] = {
     "fairness": "bench.fairness",
     "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
+    "budgets": "bench.budget_overhead",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
 }
-ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "prefix", "scaling"}
+ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "prefix", "scaling", "budgets"}
 
 
 _ENV_AT_START: dict[str, str] = {}
