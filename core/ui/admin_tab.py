@@ -1,5 +1,5 @@
-"""The Admin tab (admins): tenants and plugins, the group mapping, API keys, engine status and
-each team's fair share of the engine over the last hour.
+"""The Admin tab (admins): tenants and plugins, the group mapping, API keys, engine status,
+each team's fair share of the engine over the last hour, and the SIEM sinks' lag.
 
 Hidden for everyone else (visibility set per session at page load); every handler authorizes
 again (`view_admin`, `manage_keys`). A new key's secret is shown once, in this session's
@@ -12,6 +12,8 @@ keys of the teams they manage, never every team's (issue 12, item 2).
 
 from __future__ import annotations
 
+import asyncio
+import html
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from core.auth import apikeys
 from core.errors import InvalidRequest
 from core.identity import Principal
 from core.services import Services
+from core.siem.status import consumer_statuses, summary_line
 from core.ui.session import ui_call
 
 KEY_COLUMNS = ["id", "team", "scope", "created by", "created", "expires", "revoked"]
@@ -85,6 +88,15 @@ def fair_share_frame(services: Services) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FAIR_SHARE_COLUMNS)
 
 
+def siem_markdown(services: Services) -> str:
+    """Each SIEM sink's (and the alert rules') lag behind the audit log, one line each."""
+    statuses = consumer_statuses(services.siem)
+    if not statuses:
+        return "**SIEM**: no sinks configured (`TENANTLLM_SIEM_SINKS`), alerts off."
+    lines = [f"- {html.escape(summary_line(s))}" for s in statuses]
+    return "**SIEM delivery** (`tenantllm siem status`)\n\n" + "\n".join(lines)
+
+
 def keys_frame(services: Services, principal: Principal) -> pd.DataFrame:
     """The API keys of the teams `principal` may manage (never their secrets)."""
     rows = [
@@ -112,6 +124,7 @@ async def overview(services: Services, request: gr.Request | None) -> tuple[Any,
             keys_frame(services, call.principal),
             await engine_markdown(services),
             fair_share_frame(services),
+            await asyncio.to_thread(siem_markdown, services),
         )
 
 
@@ -191,7 +204,8 @@ def build_admin_tab(services: Services) -> tuple[Callable[..., Any], list[Any]]:
         interactive=False,
         elem_id="admin-fair-share",
     )
-    overview_out = [tenants, mapping, keys, engine, fair_share]
+    siem = gr.Markdown(elem_id="admin-siem")
+    overview_out = [tenants, mapping, keys, engine, fair_share, siem]
     view = AdminView(
         refresh_btn, overview_out, key_inputs, create_btn, secret, keys, revoke_id, revoke_btn
     )

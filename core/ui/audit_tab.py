@@ -25,6 +25,7 @@ from core.audit.query import AuditFilters, AuditRecord, Bucket, scoped_to
 from core.errors import InvalidRequest
 from core.rbac import allowed_tenants
 from core.services import Services
+from core.ui.audit_alerts import ALERT_COLUMNS, alert_filters, alerts_view
 from core.ui.session import UiCall, ui_call
 
 PAGE_SIZE = 50
@@ -171,6 +172,7 @@ def load(
         flagged = services.auditor.query(
             scoped_filters(call, f, flagged_only=True), page=1, page_size=PAGE_SIZE
         )
+        alerts = services.auditor.query(alert_filters(filters), page=1, page_size=PAGE_SIZE)
         over_time, refusals, tokens = charts(services, filters, _bucket(f))
         call.record_ok("audit_view", None, f"page {page}")
         return (
@@ -182,6 +184,7 @@ def load(
             tokens,
             chain_status(services, filters.tenant_ids is None),
             table_view(flagged.rows),
+            alerts_view(alerts.rows),
         )
 
 
@@ -240,8 +243,15 @@ def build_audit_tab(services: Services) -> tuple[Callable[..., Any], list[Any], 
         label="Flagged events (injection signals, refusal counts)",
         interactive=False,
     )
+    alerts = gr.Dataframe(
+        headers=ALERT_COLUMNS,
+        label="Alerts (anomaly rules: repeated denials, bad credentials, injection, ...)",
+        interactive=False,
+        wrap=True,
+        elem_id="audit-alerts",
+    )
     page = gr.State(1)
-    results = [table, page_label, page, over_time, refusals, tokens, chain, flagged]
+    results = [table, page_label, page, over_time, refusals, tokens, chain, flagged, alerts]
     view = AuditView(filters, apply_btn, export_btn, export_file, results, prev_btn, next_btn, page)
     return _wire(services, view)
 
