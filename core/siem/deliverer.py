@@ -84,6 +84,11 @@ class Deliverer:
                 acknowledged = self.consumer.deliver(rows)
             except _FAILURES as exc:
                 return self._failed(seq, delivered, f"{type(exc).__name__}: {exc}")
+            except SQLAlchemyError:
+                raise  # the audit database itself: the caller's problem, not this sink's
+            except Exception as exc:  # a sink's bug must not stop the other sinks
+                log.exception("siem: %s raised", name)
+                return self._failed(seq, delivered, f"{type(exc).__name__}: {exc}")
             if acknowledged > 0:
                 done = rows[acknowledged - 1].seq
                 if not cursor.advance(self.url, name, seq, done, acknowledged):
@@ -144,6 +149,8 @@ class SiemRunner:
             self.deliver_all()
         except SQLAlchemyError as exc:  # the audit database is down: the next round retries
             log.warning("siem: audit database unavailable (%s)", type(exc).__name__)
+        except Exception:  # the task must outlive any bug, or delivery stops in silence
+            log.exception("siem: delivery round failed; the next round retries")
 
     async def _loop(self) -> None:
         while not self._stop.is_set():

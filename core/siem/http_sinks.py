@@ -69,7 +69,8 @@ class SplunkHecSink:
         response = self.client.post(
             self.url, content=body, headers={"content-type": "application/json"}
         )
-        if response.status_code != 200 or _json(response).get("code", 0) != 0:
+        answer = _json(response) if response.status_code == 200 else None
+        if not isinstance(answer, dict) or answer.get("code", 0) != 0:
             raise _refused(response)
         return len(records)
 

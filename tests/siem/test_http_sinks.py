@@ -170,3 +170,37 @@ def test_webhook_gets_alert_rows_only(tmp_path: Path, db_url: str) -> None:
     [alert] = json.loads(posted.body)["alerts"]
     assert alert["event"]["kind"] == "alert" and "alert:prompt_injection" in alert["tags"]
     assert alert["labels"]["tenant"] == "sales"
+
+
+def test_a_nonsense_answer_fails_that_sink_only(tmp_path: Path, db_url: str) -> None:
+    hec = HttpReceiver(free_port(), lambda s: (200, ["not", "an", "object"]))
+    es = HttpReceiver(free_port(), lambda s: (200, {"errors": True, "items": "garbage"}))
+    hec.start()
+    es.start()
+    out = tmp_path / "audit.jsonl"
+    settings = siem_settings(
+        tmp_path,
+        db_url,
+        siem_sinks=[
+            f"splunk-hec+http://127.0.0.1:{hec.port}#hec",
+            f"elasticsearch+http://127.0.0.1:{es.port}#es",
+            f"file://{out}#file",
+        ],
+        siem_splunk_token=SecretStr("t"),
+    )
+    try:
+        record(settings, [chat_event(i) for i in range(2)])
+        runner = SiemRunner(settings)
+        hec_result, es_result, file_result = runner.deliver_all(force=True)
+        runner.close()
+    finally:
+        hec.stop()
+        es.stop()
+    assert hec_result.error and "HTTP 200" in hec_result.error
+    assert es_result.error and "AttributeError" in es_result.error  # a bug path, contained
+    assert file_result.error is None and file_result.delivered == 2
+    assert (cursor_at(db_url, "hec"), cursor_at(db_url, "es"), cursor_at(db_url, "file")) == (
+        0,
+        0,
+        2,
+    )
