@@ -177,3 +177,18 @@ def test_a_waiting_ticket_that_leaves_is_forgotten() -> None:
     for _ in range(OUTPUT):
         sim.step()
     assert sim.admitted == ["sales"] and sim.queue.running == 0
+
+
+def test_an_admitted_ticket_carries_its_teams_rank() -> None:
+    sim = make(capacity=4, ceiling=8)
+    for _ in range(4):
+        sim.arrive("flood")
+    sim.step()
+    quiet = sim.arrive("quiet")  # lifted to the flood's counter, which has grown since
+    assert quiet.admitted and quiet.rank == 0
+    late = sim.arrive("flood")
+    assert not late.admitted
+    sim.step()
+    for _ in range(OUTPUT):
+        sim.step()
+    assert late.admitted and late.rank == 1  # the flood has been served more than quiet

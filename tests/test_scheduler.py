@@ -175,3 +175,29 @@ def test_cli_sets_and_shows_weights_and_audits_refusals(tmp_path: Path) -> None:
         ).all()
         outcomes = sorted((r.tenant_id, r.outcome) for r in rows)
     assert outcomes == [("finance", "error"), ("finance", "ok")]
+
+
+async def test_the_engine_request_carries_the_teams_rank_as_priority(services_fake: Any) -> None:
+    """A team served more than another active team is sent with a later vLLM priority."""
+    services = services_fake
+    services.engine.token_delay_s = 0.05
+    ann = member("sales", "finance")
+
+    async def ask(team: str, max_tokens: int = 60) -> asyncio.Task[str]:
+        question = "Tell me " + "more " * 80  # the fake engine echoes it: 60 tokens each
+        request = ChatRequest(team, question, max_tokens=max_tokens, channel="api")
+        return asyncio.create_task(_drain(await start_chat_turn(services, ann, request)))
+
+    running = [await ask("sales") for _ in range(4)]
+    await asyncio.sleep(0.1)
+    running.append(await ask("finance"))  # lifted to sales' counter: level, so rank 0
+    queue = services.scheduler.queue
+    while queue.running_of("finance") == 0:  # its turn has its place
+        await asyncio.sleep(0.01)
+    while queue.counter("sales") <= queue.counter("finance"):  # four streams outgrow one
+        await asyncio.sleep(0.01)
+    running += [await ask("sales", 2), await ask("finance", 2)]
+    await asyncio.gather(*running)
+    priorities = [(c.options.tenant_id, c.options.priority) for c in services.engine.calls]
+    assert priorities[4] == ("finance", 0)
+    assert priorities[5:] == [("sales", 1), ("finance", 0)]

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, cast
 
 from core.audit.auditor import AuditEvent
@@ -209,7 +209,8 @@ class ChatTurn:
         async with self.services.scheduler.place(self.tenant.id, self.prompt_tokens) as place:
             metrics.observe_queue_wait(self.tenant.id, place.waited)
             generating = time.monotonic()
-            chunks = engine.stream_chat(self.messages, self.params, self.options)
+            options = replace(self.options, priority=self.options.priority + place.rank)
+            chunks = engine.stream_chat(self.messages, self.params, options)
             # Leaving early must close the engine's generator now (that aborts the request
             # in the engine), not whenever the garbage collector gets to it.
             async with aclosing(cast(AsyncGenerator[GenerationChunk, None], chunks)) as stream:

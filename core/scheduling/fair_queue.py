@@ -18,7 +18,10 @@ Two details keep it fair in time, not only on average:
   simply gets no new request in until the total is below `capacity` again.
 
 `team_cap` is a safety limit per team (no team holds more than that many generations), not the
-fairness mechanism. Time, waiting and refusals are the caller's (core/scheduling/scheduler.py).
+fairness mechanism. Each admitted ticket carries its team's `rank` (how many active teams have
+been served less), which the chat turn adds to the engine request's priority: inside vLLM's
+own batch, too, the least-served team's prompt is prefilled first. Time, waiting and refusals
+are the caller's (core/scheduling/scheduler.py).
 Not thread-safe: one event loop drives it.
 """
 
@@ -46,6 +49,7 @@ class Ticket:
     seq: int = field(default_factory=lambda: next(_sequence))
     admitted: bool = False
     output_charged: int = 0
+    rank: int = 0  # set on admission: active teams served less than this one (0: the least)
 
 
 @dataclass
@@ -117,6 +121,9 @@ class FairQueue:
         while (ticket := self._next()) is not None:
             team = self._teams[ticket.team]
             team.queue.popleft()
+            ticket.rank = sum(
+                1 for t in self._teams.values() if t.active and t.counter < team.counter
+            )
             team.running += 1
             self._running += 1
             team.counter += PROMPT_TOKEN_COST * ticket.prompt_tokens / self._weight_of(ticket)
@@ -152,23 +159,25 @@ class FairQueue:
 
     def _next(self) -> Ticket | None:
         """The head ticket of the eligible team with the smallest counter (ties: oldest)."""
+        if self._running >= self.ceiling:
+            return None
+        share = self._share_of() if self._running >= self.capacity else None
         best: tuple[float, int] | None = None
         chosen: Ticket | None = None
         for name, team in self._teams.items():
-            if not team.queue or team.running >= self.team_cap or not self._has_room(name, team):
+            if not team.queue or team.running >= self.team_cap:
+                continue
+            if share is not None and team.running >= share(name):  # full: only within share
                 continue
             key = (team.counter, team.queue[0].seq)
             if best is None or key < best:
                 best, chosen = key, team.queue[0]
         return chosen
 
-    def _has_room(self, name: str, team: _Team) -> bool:
-        if self._running < self.capacity:
-            return True
-        return self._running < self.ceiling and team.running < self._share(name)
+    def _share_of(self) -> Callable[[str], float]:
+        """Each team's weighted share of `capacity` among the teams active now (at least 1)."""
+        total = sum(self._weight(n) for n, t in self._teams.items() if t.active) or 1.0
+        return lambda name: max(1.0, self.capacity * self._weight(name) / total)
 
-    def _share(self, name: str) -> float:
-        """The team's weighted share of `capacity` among the teams active now (at least 1)."""
-        weights = {n: self._weight(n) for n, t in self._teams.items() if t.active}
-        total = sum(weights.values()) or 1.0
-        return max(1.0, self.capacity * weights.get(name, 0.0) / total)
+    def _rank(self, team: _Team) -> int:
+        return sum(1 for t in self._teams.values() if t.active and t.counter < team.counter)

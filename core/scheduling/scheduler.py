@@ -36,6 +36,9 @@ class Place:
         self._scheduler = scheduler
         self._ticket = ticket
         self.waited = waited  # seconds spent in the queue
+        # Added to the engine request's priority (lower runs sooner): 0 for the team served
+        # least among the active ones. vLLM orders its own waiting requests by it.
+        self.rank = ticket.rank
 
     def generated(self, completion_tokens: int) -> None:
         """Charge the team for the output so far (`completion_tokens`: a running total)."""
