@@ -201,3 +201,22 @@ async def test_the_engine_request_carries_the_teams_rank_as_priority(services_fa
     priorities = [(c.options.tenant_id, c.options.priority) for c in services.engine.calls]
     assert priorities[4] == ("finance", 0)
     assert priorities[5:] == [("sales", 1), ("finance", 0)]
+
+
+async def test_the_admin_page_shows_each_teams_last_hour(services_fake: Any) -> None:
+    from core.ui.admin_tab import fair_share_frame
+
+    services = services_fake
+    ann = member("sales", "finance")
+    ask = ChatRequest("sales", "Renewals?", max_tokens=3, channel="api")
+    answer = await _drain(await start_chat_turn(services, ann, ask))
+    services.scheduler.weights.set("finance", 2.0, actor="local:ops")
+    frame = fair_share_frame(services).set_index("team")
+    assert set(frame.index) == {t.id for t in services.tenants.all()}
+    sales = frame.loc["sales"]
+    prompt = services.engine.calls[-1]
+    assert sales["turns (1 h)"] == 1 and sales["refused (1 h)"] == 0
+    used = services.engine.count_prompt_tokens(prompt.messages) + len(answer.split())
+    assert sales["tokens (1 h)"] == used
+    assert frame.loc["finance", "weight"] == "2 (admin)"
+    assert frame.loc["finance", "turns (1 h)"] == 0 and frame.loc["development", "weight"] == "1"
