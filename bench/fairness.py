@@ -201,17 +201,27 @@ def _p95_interval(
 def _phase_neighbour(ctx: BenchContext, result: BenchResult) -> dict[str, Any]:
     seconds = ctx.scale(100, 8)
     teams = {FLOOD: 1.0, QUIET: 1.0}
-    runs: dict[str, tuple[bool, bool, bool, int]] = {
-        # name: (scheduler on, flood, quiet, seconds)
-        "alone": (True, False, True, seconds),
-        "flood alone (engine capacity for the flood)": (False, True, False, ctx.scale(20, 5)),
-        "scheduler off (first come, first served)": (False, True, True, ctx.scale(30, 8)),
-        "scheduler on (fair share)": (True, True, True, seconds),
+    from core.config import Settings
+
+    default = int(Settings.model_fields["engine_concurrency"].default)
+    wider = 2 * default
+    runs: dict[str, tuple[int | None, bool, bool, int]] = {
+        # name: (engine_concurrency, or None: scheduler off; flood; quiet; seconds)
+        "alone": (default, False, True, seconds),
+        "flood alone (engine capacity for the flood)": (None, True, False, ctx.scale(20, 5)),
+        "scheduler off (first come, first served)": (None, True, True, ctx.scale(30, 8)),
+        f"scheduler on, engine_concurrency {default} (default)": (default, True, True, seconds),
+        f"scheduler on, engine_concurrency {2 * default}": (
+            2 * default,
+            True,
+            True,
+            ctx.scale(50, 8),
+        ),
     }
     measured: dict[str, dict[str, Any]] = {}
-    for name, (on, flood, quiet, secs) in runs.items():
-        services = _services(ctx, teams)
-        if not on:
+    for name, (concurrency, flood, quiet, secs) in runs.items():
+        services = _services(ctx, teams, engine_concurrency=concurrency or default)
+        if concurrency is None:
             services.scheduler = FirstComeFirstServed()
         try:
             measured[name] = ctx.run(_neighbour(services, secs, flood, quiet))
@@ -256,7 +266,7 @@ def _phase_neighbour(ctx: BenchContext, result: BenchResult) -> dict[str, Any]:
             rows,
         )
     )
-    fair = measured["scheduler on (fair share)"]
+    fair = measured[f"scheduler on, engine_concurrency {default} (default)"]
     quiet_ratio = ratio(fair["p95_ms"], alone_p95)
     flood_ratio = ratio(fair["flood_tps"], capacity - fair["quiet_tps"])
     result.targets += [
