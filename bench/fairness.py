@@ -211,12 +211,7 @@ def _phase_neighbour(ctx: BenchContext, result: BenchResult) -> dict[str, Any]:
         "flood alone (engine capacity for the flood)": (None, True, False, ctx.scale(20, 5)),
         "scheduler off (first come, first served)": (None, True, True, ctx.scale(30, 8)),
         f"scheduler on, engine_concurrency {default} (default)": (default, True, True, seconds),
-        f"scheduler on, engine_concurrency {2 * default}": (
-            2 * default,
-            True,
-            True,
-            ctx.scale(50, 8),
-        ),
+        f"scheduler on, engine_concurrency {wider}": (wider, True, True, ctx.scale(50, 8)),
     }
     measured: dict[str, dict[str, Any]] = {}
     for name, (concurrency, flood, quiet, secs) in runs.items():
