@@ -170,6 +170,16 @@ class Settings(BaseSettings):
         False, description="Store prompt text in the audit log (a digest is always stored)."
     )
     audit_flush_interval_ms: int = Field(200, ge=10, description="Audit writer batch interval.")
+    # retention (issue 15, item 5): the policies are per team (core/retention)
+    retention_interval_hours: float = Field(
+        24.0,
+        ge=0.0,
+        description="How often the app applies every team's retention policy (0: never; "
+        "`tenantllm retention run` still does).",
+    )
+    retention_first_delay_seconds: float = Field(
+        60.0, ge=0.0, description="Delay after start before the app's first retention pass."
+    )
     budget_cache_seconds: float = Field(
         2.0,
         ge=0,

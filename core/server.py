@@ -47,6 +47,7 @@ from core.errors import NotAuthenticated, NotFound, TenantLLMError
 from core.identity import Principal
 from core.knowledge import parsing
 from core.metrics import CONTENT_TYPE, HttpMetrics, check_scrape_token
+from core.retention.job import start_retention_job
 from core.security_headers import security_headers_middleware
 from core.services import Services, build_services
 from core.ui import mount_ui
@@ -93,11 +94,14 @@ def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untype
         await services.auditor.start()
         state.task = asyncio.create_task(_start_engine(services, state))
         await services.siem.start()  # audit rows to the SIEM, alert rules (core/siem/)
+        retention = start_retention_job(services)  # the daily pass (core/retention/job.py)
         try:
             yield
         finally:
             if state.task and not state.task.done():
                 state.task.cancel()
+            if retention is not None:
+                retention.cancel()
             await services.siem.stop()
             if services.engine is not None:
                 await services.engine.stop()

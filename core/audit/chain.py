@@ -5,6 +5,21 @@ Each row stores `prev_hash` (the previous row's `hash`, or 64 zeros for the firs
 inserting a row in the middle breaks the chain at that row. Deleting rows at the tail leaves a
 valid (shorter) chain: operators keep the head hash printed by `tenantllm audit verify` outside
 the database and pass it back with `--expect-head`.
+
+Prompt text is hashed through its digest (issue 15, item 5: retention). Since migration 0008
+a row stores `prompt_text_sha256 = sha256(prompt_text)` beside the text, and the hashed
+`prompt_text` field is `"sha256:<that digest>"`, not the text. Retention may then set
+`prompt_text` to NULL on old rows: the digest, and so the row's hash and the chain, stay as
+they were. Verification checks both links: the digest is in the hash, and a text still
+stored must match its digest (an edited text breaks the row). We chose this over the
+alternatives because it keeps every hash already written and needs no re-chaining:
+- re-hashing the chain once with the text left out would invalidate every head hash an
+  operator kept outside the database, the one defence against a cut tail;
+- a row per prompt in a separate, unchained table would leave the text unprotected.
+The form of a row follows from its columns, so old rows keep verifying: a row written before
+0008 has text and no digest and was hashed over the text itself (it verifies that way; its
+text cannot be dropped without breaking it, so retention leaves it and counts it); a row
+without text has `prompt_text: null` in both forms.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ from typing import Any
 GENESIS_HASH = "0" * 64
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 LIST_FIELDS = ("document_ids", "flags")
+DIGEST_FIELD = "prompt_text_sha256"
 
 
 @dataclass(frozen=True)
@@ -55,13 +71,22 @@ def dump_list(values: Iterable[str]) -> str:
     return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)
 
 
+def text_digest(text: str) -> str:
+    """The sha256 hex digest of a prompt text, as stored in `prompt_text_sha256`."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+
+
 def compute_hash(seq: int, prev_hash: str, payload: Mapping[str, Any]) -> str:
     """sha256 over the canonical JSON of the sequence number, previous hash and fields.
 
     The latency is hashed as fixed 3-decimal text so that float storage differences between
-    backends cannot change the hash.
+    backends cannot change the hash. The prompt text enters through its digest when the row
+    has one (see the module docstring), else as itself (rows written before migration 0008).
     """
     body = dict(payload)
+    digest = body.pop(DIGEST_FIELD, None)
+    if digest is not None:
+        body["prompt_text"] = f"sha256:{digest}"
     body["latency_ms"] = f"{float(body['latency_ms']):.3f}"
     body["seq"] = seq
     body["prev_hash"] = prev_hash
@@ -72,12 +97,15 @@ def compute_hash(seq: int, prev_hash: str, payload: Mapping[str, Any]) -> str:
 def payload_to_row(payload: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
     """The column values to insert for `payload` at position `seq` after `prev_hash`."""
     row = dict(payload)
+    text = payload.get("prompt_text")
+    # Set here, where the row is hashed: spooled payloads of an older version get it too.
+    row[DIGEST_FIELD] = text_digest(text) if text is not None else None
     row["created_at"] = parse_time(payload["created_at"])
     for name in LIST_FIELDS:
         row[name] = dump_list(payload[name])
     row["seq"] = seq
     row["prev_hash"] = prev_hash
-    row["hash"] = compute_hash(seq, prev_hash, payload)
+    row["hash"] = compute_hash(seq, prev_hash, {**payload, DIGEST_FIELD: row[DIGEST_FIELD]})
     return row
 
 
@@ -88,6 +116,22 @@ def row_to_payload(row: Mapping[Any, Any]) -> dict[str, Any]:
     for name in LIST_FIELDS:
         payload[name] = json.loads(row[name]) if row[name] else []
     return payload
+
+
+def _content_problem(seq: int, row: Mapping[Any, Any]) -> str | None:
+    """Why this row's content does not match its hash, or None when it does."""
+    try:
+        payload = row_to_payload(row)
+        actual = compute_hash(seq, row["prev_hash"], payload)
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"unreadable row ({type(exc).__name__})"
+    if actual != row["hash"]:
+        return "content does not match its hash (row edited)"
+    text, digest = payload.get("prompt_text"), payload.get(DIGEST_FIELD)
+    # The hash covers the digest only: the text kept beside it must match the digest.
+    if text is not None and digest is not None and text_digest(text) != digest:
+        return "prompt text does not match its digest (row edited)"
+    return None
 
 
 class ChainChecker:
@@ -110,12 +154,7 @@ class ChainChecker:
         elif row["prev_hash"] != self.head_hash:
             reason = "prev_hash does not match the previous event (chain broken here)"
         else:
-            try:
-                actual = compute_hash(seq, row["prev_hash"], row_to_payload(row))
-            except (ValueError, TypeError, KeyError) as exc:
-                actual, reason = "", f"unreadable row ({type(exc).__name__})"
-            if reason is None and actual != row["hash"]:
-                reason = "content does not match its hash (row edited)"
+            reason = _content_problem(seq, row)
         if reason is not None:
             self.bad = (seq, event_id, reason)
             return False

@@ -52,6 +52,8 @@ class AuditEventRow(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     prompt_digest: Mapped[str | None] = mapped_column(String(64))
     prompt_text: Mapped[str | None] = mapped_column(Text)
+    # sha256 of prompt_text, hashed in its place: retention may drop the text (chain.py).
+    prompt_text_sha256: Mapped[str | None] = mapped_column(String(64))
     error_class: Mapped[str | None] = mapped_column(String(128))
     flags: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list
     detail: Mapped[str | None] = mapped_column(Text)

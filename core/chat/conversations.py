@@ -4,6 +4,10 @@ A conversation belongs to one owner (the IdP subject) inside one tenant. Every f
 both and every query filters by both, so a conversation id alone never opens anything: an id
 from team A asked for under team B, or by another user, is simply `NotFound` (we do not say
 whether it exists). History lives here, in the database, never in the browser.
+
+Retention (core/retention) deletes a team's conversations idle for longer than its policy
+says (`delete_idle_conversations`); ratings of answers (core/chat/feedback.py) go with them,
+by the foreign keys' ON DELETE CASCADE.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, delete, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base, session_scope, utcnow
 from core.errors import InvalidRequest, NotFound
@@ -63,11 +67,16 @@ class ConversationSummary:
 
 @dataclass(frozen=True)
 class StoredMessage:
-    """A message as saved: role, text and (for answers) the sources shown under it."""
+    """A message as saved: role, text and (for answers) the sources shown under it.
+
+    `id` and `created_at` are set on messages read back (None on messages being saved).
+    """
 
     role: str
     content: str
     sources: list[dict[str, Any]] = field(default_factory=list)
+    id: int | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class Conversation:
     title: str
     tenant_id: str
     messages: list[StoredMessage]
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 def _clean_title(title: str) -> str:
@@ -147,9 +158,28 @@ def get_conversation(
             title=row.title,
             tenant_id=row.tenant_id,
             messages=[
-                StoredMessage(m.role, m.content, json.loads(m.sources_json)) for m in messages
+                StoredMessage(m.role, m.content, json.loads(m.sources_json), m.id, m.created_at)
+                for m in messages
             ],
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
+
+
+def find_answer(
+    session: Session, owner_sub: str, tenant_id: str, conversation_id: str, message_id: int
+) -> MessageRow | None:
+    """The assistant message `message_id` of this user's conversation in this tenant, or None.
+
+    For code that writes beside a message in the caller's transaction (core/chat/feedback.py).
+    """
+    query = (
+        select(MessageRow)
+        .join(ConversationRow, MessageRow.conversation_id == ConversationRow.id)
+        .where(_owned(owner_sub, tenant_id, conversation_id))
+        .where(MessageRow.id == message_id, MessageRow.role == "assistant")
+    )
+    return session.scalars(query).first()
 
 
 def append_messages(
@@ -209,3 +239,21 @@ def delete_conversation(db_url: str, owner_sub: str, tenant_id: str, conversatio
         # Messages first: SQLite enforces the foreign key but does not cascade without it.
         session.execute(delete(MessageRow).where(MessageRow.conversation_id == owned))
         session.execute(delete(ConversationRow).where(ConversationRow.id == owned))
+
+
+def delete_idle_conversations(db_url: str, tenant_id: str, before: datetime) -> int:
+    """Delete this tenant's conversations last used before `before`; return how many.
+
+    Idle, not created, before the cutoff: a conversation still in use is never cut off in the
+    middle. Messages and their ratings go with it (ON DELETE CASCADE).
+    """
+    with session_scope(db_url) as session:
+        idle = select(ConversationRow.id).where(
+            ConversationRow.tenant_id == tenant_id, ConversationRow.updated_at < before
+        )
+        ids = list(session.scalars(idle))
+        for start in range(0, len(ids), 500):  # bounded IN lists on every backend
+            batch = ids[start : start + 500]
+            session.execute(delete(MessageRow).where(MessageRow.conversation_id.in_(batch)))
+            session.execute(delete(ConversationRow).where(ConversationRow.id.in_(batch)))
+    return len(ids)

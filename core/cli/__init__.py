@@ -1,6 +1,19 @@
 """Console entry point `tenantllm` (see `tenantllm --help`)."""
 
-from core.cli import ask, audit, backup, budgets, db, eval, keys, knowledge, serve, siem, usage  # noqa: F401  (registers commands)
+from core.cli import (  # noqa: F401  (registers commands)
+    ask,
+    audit,
+    backup,
+    budgets,
+    db,
+    eval,
+    keys,
+    knowledge,
+    retention,
+    serve,
+    siem,
+    usage,
+)
 from core.cli.base import main
 from core.cli.version import add_version_option
 

@@ -23,8 +23,10 @@ from core.ui.admin_tab import build_admin_tab
 from core.ui.audit_tab import build_audit_tab
 from core.ui.chat_tab import build_chat_tab
 from core.ui.documents_tab import build_documents_tab
+from core.ui.feedback_panel import build_feedback_panel
 from core.ui.gradio_guard import install_gradio_guard
 from core.ui.header import ASSETS, brand_html, identity_html
+from core.ui.retention_panel import build_retention_panel
 from core.ui.session import may, team_choices, ui_call
 from core.ui.usage_tab import build_usage_tab
 
@@ -83,12 +85,14 @@ def build_blocks(services: Services) -> gr.Blocks:
                 build_chat_tab(services, team)
             with gr.Tab("Documents", id="documents", elem_id="tab-documents"):
                 build_documents_tab(services, team)
+                build_feedback_panel(services, team)
             with gr.Tab("Audit", id="audit", visible=False, elem_id="tab-audit") as audit_tab:
                 audit_fill, audit_inputs, audit_outputs = build_audit_tab(services)
             with gr.Tab("Usage", id="usage", visible=False, elem_id="tab-usage") as usage_tab:
                 usage_fill, usage_inputs, usage_outputs = build_usage_tab(services)
             with gr.Tab("Admin", id="admin", visible=False, elem_id="tab-admin") as admin_tab:
                 admin_fill, admin_outputs = build_admin_tab(services)
+                build_retention_panel(services)
 
         def load(request: gr.Request) -> tuple[Any, ...]:
             return on_load(services, request)

@@ -4,7 +4,8 @@ History comes from the database (core/chat/conversations.py), never from the pag
 value is output only. The conversation id and the team the page sends are re-checked against
 the signed-in user on every call: a conversation id of another user or team is `NotFound`.
 Under the chat, one line says what is left of the token budgets that apply (the person's and
-the team's; core/budgets), refreshed after each answer and on a team switch.
+the team's; core/budgets), refreshed after each answer and on a team switch. Thumbs on each
+answer, a comment and the conversation's export are core/ui/feedback.py's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from core.chat.turn import ChatTurn, start_chat_turn
 from core.errors import InvalidRequest, TenantLLMError
 from core.identity import Principal
 from core.services import Services
+from core.ui.feedback import FeedbackView, build_comment_row, build_export_controls, wire_feedback
 from core.ui.render import answer_html, inline_text, sanitize_html
 from core.ui.session import shown_error, ui_call
 
@@ -322,14 +324,18 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=220, elem_classes="tl-sidebar"):
             new_btn, conv_list, title_box, rename_btn, delete_btn = _sidebar()
+            exports = build_export_controls()
         with gr.Column(scale=4):
             chatbot, textbox, send_btn, stop_btn = _conversation()
+            comments = build_comment_row()
             allowance = gr.Markdown("", elem_id="chat-allowance", sanitize_html=True)
     view = ChatView(
         conversation_id, conv_list, title_box, chatbot, textbox,
         new_btn, rename_btn, delete_btn, send_btn, stop_btn, allowance,
     )  # fmt: skip
     _wire(services, team, view)
+    # After the tab's own events, so their numbers (fn_index) stay as they were.
+    wire_feedback(services, team, chatbot, conversation_id, FeedbackView(*comments, *exports))
 
 
 def _sidebar() -> tuple[gr.Button, gr.Radio, gr.Textbox, gr.Button, gr.Button]:
@@ -353,7 +359,7 @@ def _conversation() -> tuple[gr.Chatbot, gr.Textbox, gr.Button, gr.Button]:
         # Messages are already inert HTML (core/ui/render.py): the browser must not
         # parse them as markdown again, or escaped markdown would become live.
         render_markdown=False,
-        feedback_options=None,
+        feedback_options=("Like", "Dislike"),  # rated by core/ui/feedback.py
         # No copy button: it copies a message's raw value, which is our HTML.
         buttons=[],
         placeholder="Ask a question about your team's documents.",

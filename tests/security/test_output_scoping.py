@@ -31,6 +31,7 @@ from core.audit.auditor import AuditEvent, Auditor
 from core.audit.query import AuditFilters
 from core.auth import apikeys
 from core.chat import conversations as conv
+from core.chat import feedback
 from core.config import Settings
 from tests.ui_helpers import app_db_url, make_user, signed_in_client, wait_for_audit
 
@@ -50,12 +51,12 @@ class GradioSession:
         self.backend_events = {d["api_name"] for d in config["dependencies"] if d["backend_fn"]}
         self.loaded: list[dict[str, Any]] = []
 
-    def call(self, api_name: str, data: list[Any]) -> list[dict[str, Any]]:
+    def call(self, api_name: str, data: list[Any], event_data: Any = None) -> list[dict[str, Any]]:
         """Every message the event sent (progress, partial outputs, the final one)."""
         joined = self.client.post(
             "/gradio_api/queue/join",
             json={"data": data, "fn_index": self.ids[api_name], "session_hash": self.session_hash,
-                  "event_data": None, "trigger_id": None},
+                  "event_data": event_data, "trigger_id": None},
         )  # fmt: skip
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
@@ -73,9 +74,9 @@ class GradioSession:
                     return messages
         raise AssertionError(f"{api_name} never completed: {messages}")
 
-    def ok(self, api_name: str, data: list[Any]) -> list[dict[str, Any]]:
+    def ok(self, api_name: str, data: list[Any], event_data: Any = None) -> list[dict[str, Any]]:
         """`call`, asserting the event succeeded."""
-        messages = self.call(api_name, data)
+        messages = self.call(api_name, data, event_data)
         assert messages[-1].get("success") is True, messages[-1]
         return messages
 
@@ -414,6 +415,91 @@ def scenario_allowance(api_name: str) -> Scenario:
     return run
 
 
+def _rated_answers(w: World) -> None:
+    """Once: an answer of each team citing that team's document, rated down by its owner."""
+    if "sales_answer_conv" in w.ids:
+        return
+    for prefix, team, who in (("sales", "sales", "sales_member"), ("fin", "finance", "fin_editor")):
+        owner, doc = w.users[who], w.ids[f"{prefix}_doc"]
+        canary = w.sales if prefix == "sales" else w.fin
+        cited = {"document_id": doc, "filename": f"{canary}-a.txt", "location": "part 1",
+                 "snippet": f"{canary} a notes.", "score": 1.0}  # fmt: skip
+        cid = conv.create_conversation(w.db, owner, team, f"{canary} rated")
+        exchange = [conv.StoredMessage("user", f"{canary}?"),
+                    conv.StoredMessage("assistant", f"{canary} answer", [cited])]  # fmt: skip
+        conv.append_messages(w.db, owner, team, cid, exchange)
+        [answer] = [m for m in conv.get_conversation(w.db, owner, team, cid).messages if m.id
+                    and m.role == "assistant"]  # fmt: skip
+        feedback.rate_answer(w.db, owner, team, cid, int(answer.id or 0), "down")
+        w.ids[f"{prefix}_answer_conv"], w.ids[f"{prefix}_answer"] = cid, str(answer.id)
+
+
+def _open_rated(s: GradioSession, w: World) -> None:
+    _rated_answers(w)
+    s.ok("switch", ["sales"])
+    s.ok("conversation_open", [w.ids["sales_answer_conv"], "sales"])
+
+
+DISLIKE = {"index": 1, "value": ["answer"], "liked": False}
+
+
+def scenario_feedback(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_rated(s, w)
+        out = s.ok("chat_feedback", [None, "sales"], DISLIKE)
+        # The same user's conversation in finance cannot be opened from sales, so not rated.
+        refused = s.call("conversation_open", [w.ids["fin_conv_mine"], "sales"])
+    assert_scoped(out, [w.ids["sales_answer"]], w.foreign())
+    assert refused[-1].get("success") is False, refused[-1]
+    assert_scoped(refused, [], w.foreign())
+
+
+def scenario_feedback_comment(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_rated(s, w)
+        s.ok("chat_feedback", [None, "sales"], DISLIKE)
+        out = s.ok("chat_feedback_comment", [None, "sales", None, "outdated"])
+    assert_scoped(out, [], w.foreign())
+
+
+def scenario_export(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_rated(s, w)
+        out = s.ok("conversation_export", [None, "sales", "json"])
+        shown = _exported(s, out)
+    assert_scoped(shown, [w.sales, f"{w.sales}-a.txt", w.ids["sales_doc"]], w.foreign())
+
+
+def scenario_feedback_table(api_name: str) -> Scenario:
+    """Per-document ratings: nothing for a sales member; an admin gets the team asked for."""
+
+    def run(w: World) -> None:
+        _rated_answers(w)
+        with w.session("sales_member") as s:
+            hidden = s.ok(api_name, ["sales"])
+        assert_scoped(hidden, [], [*w.foreign(), f"{w.sales}-a.txt"])
+        with w.session("admin") as s:
+            out = s.ok(api_name, ["sales"])
+        assert_scoped(out, [f"{w.sales}-a.txt"], w.foreign())
+
+    return run
+
+
+def scenario_retention(api_name: str, data: list[Any]) -> Scenario:
+    """Retention: refused to a sales editor; an admin gets every team's policy (configuration)."""
+
+    def run(w: World) -> None:
+        with w.session("sales_editor") as s:
+            out = s.call(api_name, data)
+        assert out[-1].get("success") is False, out[-1]
+        assert_scoped(out, ["admins"], w.foreign())
+        with w.session("admin") as s:
+            out = s.ok(api_name, data)
+        assert_scoped(out, ["sales", "finance"], [w.fin, w.ids["fin_doc"], w.ids["fin_editor"]])
+
+    return run
+
+
 def _usage_rows(w: World) -> None:
     """A chat turn's audit row in each team (tokens set): the Usage tab's rows. Written by a
     second writer on the app's database, as another replica would (the chain stays one)."""
@@ -492,6 +578,12 @@ HANDLERS: dict[str, Scenario] = {
     "conversation_new": scenario_constant("conversation_new", "sales_member", []),
     "rename": scenario_rename,
     "delete": scenario_delete,
+    # Feedback and export (core/ui/feedback.py, core/ui/feedback_panel.py)
+    "chat_feedback": scenario_feedback,
+    "chat_feedback_comment": scenario_feedback_comment,
+    "conversation_export": scenario_export,
+    "feedback_by_document": scenario_feedback_table("feedback_by_document"),
+    "feedback_refresh": scenario_feedback_table("feedback_refresh"),
     # Documents tab (a sales member reads, a sales editor changes)
     "reload": scenario_reload,
     "do_upload": scenario_upload,
@@ -516,6 +608,8 @@ HANDLERS: dict[str, Scenario] = {
     "usage_set_budget": scenario_usage_budget,
     "admin_create_key": scenario_create_key,
     "admin_revoke_key": scenario_revoke_key,
+    "retention_show": scenario_retention("retention_show", []),
+    "retention_save": scenario_retention("retention_save", ["development", "default", ""]),
 }
 
 
@@ -626,6 +720,11 @@ CLI_NO_ROWS = {
     # names and counts, never a row; tests/siem/test_cli.py checks what it prints.
     "siem status": "cursor positions and lag per sink, no audit row",
     "siem deliver": "sends rows to the configured sinks, prints counts per sink",
+    "fairness set": "the weight it set (configuration, no team's rows)",
+    "fairness show": "each team's weight: configuration, no team's rows",
+    "retention set": "the policy it set (configuration, no team's rows)",
+    "retention show": "policies per team: configuration, no team's rows",
+    "retention run": "counts of what it removed, per team with a policy",
 }
 
 
