@@ -17,6 +17,7 @@ from core.chat.conversations import Conversation, StoredMessage
 from core.errors import InvalidRequest
 
 ExportFormat = Literal["markdown", "json"]
+Ratings = dict[int, tuple[str, str | None]]  # message id -> (rating, comment)
 FORMATS: dict[str, str] = {"markdown": "md", "json": "json"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -39,7 +40,7 @@ def export_filename(conversation: Conversation, fmt: ExportFormat) -> str:
 def render_export(
     conversation: Conversation,
     fmt: ExportFormat,
-    ratings: dict[int, Any] | None = None,
+    ratings: Ratings | None = None,
 ) -> str:
     """The conversation as Markdown or JSON text; `ratings`: message id -> (rating, comment)."""
     ratings = ratings or {}
@@ -52,7 +53,7 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _as_json(conversation: Conversation, ratings: dict[int, Any]) -> dict[str, Any]:
+def _as_json(conversation: Conversation, ratings: Ratings) -> dict[str, Any]:
     def message(m: StoredMessage) -> dict[str, Any]:
         rating, comment = ratings.get(m.id or -1, (None, None))
         item: dict[str, Any] = {"role": m.role, "content": m.content, "time": _time(m.created_at)}
@@ -77,7 +78,7 @@ def _source(source: dict[str, Any]) -> dict[str, Any]:
     return {k: source.get(k) for k in keys}
 
 
-def _as_markdown(conversation: Conversation, ratings: dict[int, Any]) -> str:
+def _as_markdown(conversation: Conversation, ratings: Ratings) -> str:
     lines = [f"# {_line(conversation.title)}", ""]
     lines.append(f"Team: {conversation.tenant_id} · exported conversation {conversation.id}")
     for message in conversation.messages:

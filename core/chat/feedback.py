@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.chat.conversations import MessageRow, find_answer
 from core.db import Base, session_scope, utcnow
@@ -151,7 +151,9 @@ def comment_answer(
         return Feedback(answer.id, rating, text, json.loads(answer.sources_json))
 
 
-def ratings_of(db_url: str, owner_sub: str, tenant_id: str, conversation_id: str) -> dict[int, Any]:
+def ratings_of(
+    db_url: str, owner_sub: str, tenant_id: str, conversation_id: str
+) -> dict[int, tuple[str, str | None]]:
     """Message id -> (rating, comment) of this user's conversation in this tenant."""
     query = select(FeedbackRow).where(
         FeedbackRow.conversation_id == conversation_id,
@@ -189,7 +191,7 @@ def document_feedback(db_url: str, tenant_id: str) -> list[DocumentFeedback]:
 
 
 def _answer(
-    session: Any, owner_sub: str, tenant_id: str, conversation_id: str, message_id: int
+    session: Session, owner_sub: str, tenant_id: str, conversation_id: str, message_id: int
 ) -> MessageRow:
     answer = find_answer(session, owner_sub, tenant_id, conversation_id, message_id)
     if answer is None:
@@ -197,6 +199,6 @@ def _answer(
     return answer
 
 
-def _rating_row(session: Any, message_id: int) -> FeedbackRow | None:
+def _rating_row(session: Session, message_id: int) -> FeedbackRow | None:
     query = select(FeedbackRow).where(FeedbackRow.message_id == message_id)
     return session.scalars(query).first()
