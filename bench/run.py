@@ -45,13 +45,14 @@ BENCHMARKS: dict[str, str] = {
     "overhead": "bench.overhead",
     "shared": "bench.shared_vs_separate",
     "fairness": "bench.fairness",
+    "metrics": "bench.metrics_overhead",
     "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
     "budgets": "bench.budget_overhead",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
 }
-ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "prefix", "scaling", "budgets"}
+ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets"}
 
 
 _ENV_AT_START: dict[str, str] = {}
