@@ -121,6 +121,8 @@ async def test_scrape_needs_the_metrics_token_and_refusals_are_audited(tmp_path:
             await client.get("/metrics", headers={"authorization": "Bearer wrong-token"}),
             await client.get("/metrics", headers={"authorization": f"Basic {TOKEN}"}),
             await client.get("/metrics", headers={"authorization": f"Bearer {TOKEN[:-1]}"}),
+            # A browser-like request is answered, not sent to the sign-in page.
+            await client.get("/metrics", headers={"accept": "text/html"}, follow_redirects=False),
         ]
         allowed = await client.get("/metrics", headers=AUTH)
     for answer in refused:
@@ -132,7 +134,7 @@ async def test_scrape_needs_the_metrics_token_and_refusals_are_audited(tmp_path:
     assert allowed.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE tenantllm_chat_requests_total counter" in allowed.text
     rows = [e for e in audit_events(app.state.services) if e.action == "metrics"]
-    assert [(r.outcome, r.status) for r in rows] == [("denied", 401)] * 4
+    assert [(r.outcome, r.status) for r in rows] == [("denied", 401)] * 5
 
 
 async def test_metrics_are_off_while_the_token_is_empty(tmp_path: Path) -> None:
@@ -143,7 +145,7 @@ async def test_metrics_are_off_while_the_token_is_empty(tmp_path: Path) -> None:
     services = build_services(settings)
     app = create_app(settings, services)
     async with http(app) as client:
-        for headers in ({}, {"authorization": "Bearer "}, {"authorization": "Bearer anything"}):
+        for headers in ({"accept": "text/html"}, {"authorization": "Bearer anything"}):
             answer = await client.get("/metrics", headers=headers, follow_redirects=False)
             assert answer.status_code == 404
             assert answer.json()["error"]["code"] == "not_found"
