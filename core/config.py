@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="Bearer token that `/metrics` (Prometheus text format) answers to. Empty: "
         "`/metrics` is off (404) and no metrics are collected.",
     )
+    metrics_listen: str = Field(
+        "",
+        pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description="`host:port` of a separate Prometheus endpoint without a token (bind it to "
+        "an address only the scraper reaches). Empty: none.",
+    )
 
     # --- storage -------------------------------------------------------------------------
     database_url: str = Field(

@@ -13,7 +13,9 @@ route template ("/v1/chat/completions", never a raw path: unmatched paths are "u
 `method` a standard HTTP method or "other". Never a user id, an email or a key id.
 
 Collection is off (every `observe_*` returns at once, nothing is registered) unless metrics
-are exposed: `TENANTLLM_METRICS_TOKEN` set. bench/metrics_overhead.py measures the cost.
+are exposed: `TENANTLLM_METRICS_TOKEN` (the app's `/metrics`) or `TENANTLLM_METRICS_LISTEN`
+(`serve_metrics`: a separate port, for a scraper on an internal network) set.
+bench/metrics_overhead.py measures the cost.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import (
     BudgetExceeded,
+    ConfigError,
     NotAuthenticated,
     NotFound,
     PermissionDenied,
@@ -35,7 +45,14 @@ from core.errors import (
     TenantLLMError,
 )
 
-__all__ = ["CONTENT_TYPE", "AuditBacklog", "HttpMetrics", "Metrics", "check_scrape_token"]
+__all__ = [
+    "CONTENT_TYPE",
+    "AuditBacklog",
+    "HttpMetrics",
+    "Metrics",
+    "check_scrape_token",
+    "serve_metrics",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"
@@ -257,3 +274,27 @@ def check_scrape_token(authorization: str | None, token: str) -> None:
         raise NotAuthenticated("Metrics need 'Authorization: Bearer <metrics token>'.")
     if not secrets.compare_digest(given.strip().encode(), token.encode()):
         raise NotAuthenticated("The metrics token is not valid.")
+
+
+def serve_metrics(metrics: Metrics, listen: str) -> Callable[[], None]:
+    """Serve `metrics` on `listen` ("host:port") with prometheus_client's own HTTP server.
+
+    No token there: bind it to an address only the scraper reaches. Returns the function
+    that stops it. ConfigError when the address cannot be bound (in use, not ours).
+    """
+    host, _, port = listen.rpartition(":")
+    try:
+        server, thread = start_http_server(
+            int(port), addr=host.strip("[]"), registry=metrics.registry
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"TENANTLLM_METRICS_LISTEN: cannot listen on {listen!r} ({exc})."
+        ) from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop

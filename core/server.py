@@ -46,7 +46,7 @@ from core.config import Settings
 from core.errors import NotAuthenticated, NotFound, TenantLLMError
 from core.identity import Principal
 from core.knowledge import parsing
-from core.metrics import CONTENT_TYPE, HttpMetrics, check_scrape_token
+from core.metrics import CONTENT_TYPE, HttpMetrics, check_scrape_token, serve_metrics
 from core.retention.job import start_retention_job
 from core.security_headers import security_headers_middleware
 from core.services import Services, build_services
@@ -91,6 +91,9 @@ async def _start_engine(services: Services, state: EngineState) -> None:
 def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: an address that cannot be bound stops the start before anything runs.
+        listen = services.settings.metrics_listen
+        stop_metrics = serve_metrics(services.metrics, listen) if listen else None
         await services.auditor.start()
         state.task = asyncio.create_task(_start_engine(services, state))
         await services.siem.start()  # audit rows to the SIEM, alert rules (core/siem/)
@@ -98,6 +101,8 @@ def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untype
         try:
             yield
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             if state.task and not state.task.done():
                 state.task.cancel()
             if retention is not None:

@@ -62,7 +62,7 @@ def build_services(
         engine = create_engine(settings)
     weights = {t.id: t.weight for t in tenants.all()}
     # Collected only when someone can scrape them (core/metrics.py).
-    metrics = Metrics(weights, enabled=bool(settings.metrics_token))
+    metrics = Metrics(weights, enabled=bool(settings.metrics_token or settings.metrics_listen))
     services = Services(
         settings=settings,
         tenants=tenants,

@@ -154,6 +154,31 @@ async def test_metrics_are_off_while_the_token_is_empty(tmp_path: Path) -> None:
     assert not services.metrics.enabled and services.metrics.render() == b""
 
 
+def test_separate_listen_address_serves_the_same_registry(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from core.metrics import serve_metrics
+    from core.services import build_services
+    from tests.fixtures.common import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    settings = Settings(data_dir=tmp_path, model=str(BUNDLED_MODEL_DIR), metrics_listen=listen)
+    services = build_services(settings)
+    assert services.metrics.enabled  # a listener alone turns collection on
+    stop = serve_metrics(services.metrics, listen)
+    try:
+        services.metrics.observe_turn("finance", "cli", "ok", None, (40, 2))
+        text = httpx.get(f"http://{listen}/metrics", timeout=10).text
+        assert 'tenantllm_chat_requests_total{channel="cli",outcome="ok",tenant="finance"} 1.0' in (
+            text
+        )
+        with pytest.raises(ConfigError, match="TENANTLLM_METRICS_LISTEN"):
+            serve_metrics(services.metrics, listen)  # the port is taken
+    finally:
+        stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{listen}/metrics", timeout=5)
+
+
 # --- counters move by exactly what was asked, per team ---------------------------------------
 
 
