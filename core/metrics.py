@@ -150,7 +150,7 @@ class Metrics:
             self.tokens.labels(*team, "out").inc(max(tokens[1], 0))
 
     def observe_queue_wait(self, tenant_id: str, seconds: float) -> None:
-        """How long a turn waited for its generation slot (the scheduler calls this)."""
+        """How long a turn waited for its place in the engine (core/scheduling)."""
         if self.enabled:
             self.queue_wait.labels(self.tenant(tenant_id)).observe(seconds)
 
@@ -160,7 +160,7 @@ class Metrics:
             self.ttft.labels(self.tenant(tenant_id)).observe(seconds)
 
     def observe_generation(self, tenant_id: str, seconds: float) -> None:
-        """Time the engine took for one whole answer (slot acquired to last token)."""
+        """Time the engine took for one whole answer (place taken to last token)."""
         if self.enabled:
             self.generation.labels(self.tenant(tenant_id)).observe(seconds)
 
