@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         False, description="Store prompt text in the audit log (a digest is always stored)."
     )
     audit_flush_interval_ms: int = Field(200, ge=10, description="Audit writer batch interval.")
+    budget_cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a process trusts its copy of a team's token budgets; a change "
+        "made by another process (a replica, `tenantllm budgets set`) applies within this.",
+    )
     # retention (issue 15, item 5): the policies are per team (core/retention)
     retention_interval_hours: float = Field(
         24.0,
@@ -186,12 +192,6 @@ class Settings(BaseSettings):
     retention_first_delay_seconds: float = Field(
         60.0, ge=0.0, description="Delay after start before the app's first retention pass."
     )
-    budget_cache_seconds: float = Field(
-        2.0,
-        ge=0,
-        description="How long a process trusts its copy of a team's token budgets; a change "
-        "made by another process (a replica, `tenantllm budgets set`) applies within this.",
-    )
     injection_block: bool = Field(
         False, description="Refuse prompts flagged as prompt injection (default: flag only)."
     )
@@ -200,7 +200,23 @@ class Settings(BaseSettings):
     rate_limit_user: str = Field("30/minute", description="Chat requests per user.")
     rate_limit_tenant: str = Field("300/minute", description="Chat requests per tenant.")
     tenant_max_concurrency: int = Field(
-        8, ge=1, description="Generations one tenant may run at once."
+        64,
+        ge=1,
+        description="Generations one tenant may run at once: a safety limit; fairness between "
+        "teams is the scheduler's (`engine_concurrency`).",
+    )
+    engine_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Generations admitted to the engine at once across teams; the rest wait "
+        "in per-team queues, served in token-fair order (weights per tenant). Set it where "
+        "the engine's throughput stops growing (`make bench`, scaling curve).",
+    )
+    fair_queue_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a chat turn waits for the engine before it is refused (429, "
+        "Retry-After).",
     )
     api_max_body_bytes: int = Field(
         1024 * 1024,

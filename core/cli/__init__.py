@@ -7,6 +7,7 @@ from core.cli import (  # noqa: F401  (registers commands)
     budgets,
     db,
     eval,
+    fairness,
     keys,
     knowledge,
     retention,
