@@ -136,10 +136,10 @@ def test_browser_thumbs_comment_and_export(new_context, app_server, tmp_path: Pa
     for label, suffix in (("JSON", ".json"), ("Markdown", ".md")):
         page.locator("#conv-export-format").get_by_text(label).click()
         page.locator("#conv-export-btn").click()
-        link = page.locator("#conv-file a").filter(has_text=suffix)
-        link.wait_for(timeout=60_000)
+        # Gradio's file row: the name (stem and extension apart), then a download link.
+        page.locator("#conv-file td.filename .ext").filter(has_text=suffix).wait_for()
         with page.expect_download() as download:
-            link.click()
+            page.locator("#conv-file td.download a").click()
         saved = tmp_path / download.value.suggested_filename
         download.value.save_as(saved)
         content = saved.read_text()
