@@ -18,7 +18,9 @@ from core.knowledge.demo import demo_docs_dir
 from core.resources import assets_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "README.md", "app.py", "core", "tenant_plugins", "assets"]
+SOURCES = [
+    "pyproject.toml", "README.md", "LICENSE", "app.py", "core", "tenant_plugins", "assets"
+]  # fmt: skip
 
 # Run in the unpacked wheel, with the checkout nowhere on sys.path.
 PROBE = """

@@ -116,7 +116,9 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
         "TENANTLLM_DATA_DIR": str(work / "data"),
         "TENANTLLM_PORT": str(free_port()),
         "TENANTLLM_DEMO_IDP_PORT": str(free_port()),
-        "TENANTLLM_MODEL": str(BUNDLED_MODEL_DIR),
+        # A served-model name as a remote engine knows it: not a folder, not in the HF cache.
+        # serve starts anyway (the remote server tokenizes; nothing is loaded here).
+        "TENANTLLM_MODEL": "org/served-elsewhere",
         "TENANTLLM_ENGINE_BACKEND": "openai",  # never reached: no vLLM in this process
         "TENANTLLM_ENGINE_URL": f"http://127.0.0.1:{free_port()}",
         "TENANTLLM_TLS_CERTFILE": str(certs.cert),

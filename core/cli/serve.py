@@ -37,7 +37,8 @@ def serve_app(settings: Settings) -> None:
     # Lazy: core.server imports the UI (gradio, ~9 s); no other command should wait for it.
     from core.server import create_app
 
-    resolve_model(settings)  # a wrong model path is a clear error now, not in the background
+    if settings.engine_backend == "vllm":  # a remote engine serves its own model (it tokenizes)
+        resolve_model(settings)  # a wrong model path is a clear error now, not in the background
     prepare_private_data_dir(settings.data_dir)  # 0700, and Gradio's temp dir inside it
     with identity_provider(settings) as effective:
         app = create_app(effective)
