@@ -2,9 +2,7 @@
 
 Budgets change rarely (an operator runs `tenantllm budgets set`); turns are constant. So a
 process keeps each team's budget rows in memory for `ttl` seconds: a turn of a team without
-budgets costs a dict lookup, and a budgeted turn reads only its counters. Past half its
-life an entry is reloaded in a thread of its own (`known_without_budgets`), so the read is
-paid in a turn only by a team idle for longer than that.
+budgets costs a dict lookup, and a budgeted turn reads only its counters.
 
 When a change is seen:
 - in this process, at once: `set_budget` calls `changed(url)`, which bumps the database's
@@ -18,19 +16,16 @@ When a change is seen:
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from core.budgets.models import BudgetRow
 from core.db import session_scope
 
-log = logging.getLogger(__name__)
 _generations: dict[str, int] = {}
 _lock = threading.Lock()
 
@@ -62,7 +57,6 @@ class BudgetCache:
         self.database_url = database_url
         self.ttl = ttl
         self._teams: dict[str, TeamBudgets] = {}
-        self._reloading: set[str] = set()  # teams whose rows a thread is reading now
 
     def fresh(self, tenant_id: str) -> TeamBudgets | None:
         """The team's cached rows if they may still be trusted; None: reload them."""
@@ -74,46 +68,20 @@ class BudgetCache:
         return entry
 
     def known_without_budgets(self, tenant_id: str) -> bool:
-        """True when the team surely has no budget row (so no turn of it is counted).
-
-        Past half its life an entry is reloaded in a thread of its own, so a team that chats
-        at least every `ttl / 2` seconds never waits for that read in a turn.
-        """
+        """True when the team surely has no budget row (so no turn of it is counted)."""
         entry = self.fresh(tenant_id)
-        if entry is not None and time.monotonic() - entry.loaded_at >= self.ttl / 2:
-            self._reload_soon(tenant_id)
         return entry is not None and not entry.rows
-
-    def _reload_soon(self, tenant_id: str) -> None:
-        with _lock:
-            if tenant_id in self._reloading:
-                return
-            self._reloading.add(tenant_id)
-
-        def reload() -> None:
-            try:
-                self.load(tenant_id)
-            except SQLAlchemyError as exc:  # the turn that needs the rows reads them itself
-                log.warning("reloading the budgets of %s failed: %s", tenant_id, exc)
-            finally:
-                with _lock:
-                    self._reloading.discard(tenant_id)
-
-        threading.Thread(target=reload, name="budget-cache", daemon=True).start()
 
     def team(self, tenant_id: str) -> TeamBudgets:
         """The team's rows: cached, or read from the database now (one indexed read)."""
-        return self.fresh(tenant_id) or self.load(tenant_id)
-
-    def load(self, tenant_id: str) -> TeamBudgets:
-        """Read the team's rows from the database and keep them."""
-        seen = generation(self.database_url)  # before reading: a change during it reloads
-        started = time.monotonic()
-        query = select(BudgetRow).where(BudgetRow.tenant_id == tenant_id)
-        with session_scope(self.database_url) as session:
-            rows = {row.subject: row for row in session.scalars(query)}
-        entry = TeamBudgets(rows, started, seen)
-        self._teams[tenant_id] = entry
+        entry = self.fresh(tenant_id)
+        if entry is None:
+            seen = generation(self.database_url)  # before reading: a change during it reloads
+            query = select(BudgetRow).where(BudgetRow.tenant_id == tenant_id)
+            with session_scope(self.database_url) as session:
+                rows = {row.subject: row for row in session.scalars(query)}
+            entry = TeamBudgets(rows, time.monotonic(), seen)
+            self._teams[tenant_id] = entry
         return entry
 
     def drop(self, tenant_id: str) -> None:
