@@ -87,10 +87,16 @@ def table_view(rows: list[UsageRow], by: str) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=TABLE_COLUMNS)
 
 
-def chart_view(rows: list[UsageRow], by: str) -> pd.DataFrame:
-    """Tokens per day, one colour per team (or member)."""
-    lines = [[r.day, _who(r) if by == "user" else r.tenant_id, r.tokens] for r in rows]
-    return pd.DataFrame(lines, columns=["day", "who", "tokens"])
+def chart_view(rows: list[UsageRow]) -> pd.DataFrame:
+    """Tokens per day, one colour per team (per member too: the table splits by member).
+
+    Gradio's BarPlot kept the colour domain of its first value and painted no bar whose colour
+    was not in it (switching to members showed axes and an old legend only), so the colours
+    stay the teams, which do not change while the page is open.
+    """
+    lines = [[r.day, r.tenant_id, r.tokens] for r in rows]
+    frame = pd.DataFrame(lines, columns=["day", "who", "tokens"])
+    return frame.groupby(["day", "who"], as_index=False)["tokens"].sum()
 
 
 def summary(totals: list[UsageRow]) -> str:
@@ -113,7 +119,7 @@ def load(services: Services, f: UsageInput, request: gr.Request | None) -> tuple
         totals_query, _ = scoped(call, UsageInput(f.time_range, "team", f.team), per_day=False)
         totals = usage_rows(url, totals_query, tenants=tenants)
         call.record_ok("usage_view", query.tenant_id, f"{f.time_range} by {f.by}")
-        return chart_view(rows, f.by), table_view(rows, f.by), summary(totals)
+        return chart_view(rows), table_view(rows, f.by), summary(totals)
 
 
 def export(services: Services, f: UsageInput, request: gr.Request | None) -> Any:
