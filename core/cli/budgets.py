@@ -11,37 +11,17 @@ import json
 
 import click
 
-from core.audit.auditor import AuditEvent, Auditor
-from core.audit.auditor import Outcome as AuditOutcome
 from core.budgets.admin import BudgetStatus, budget_report, require_budget_admin, set_budget
 from core.budgets.store import changes_summary
 from core.cli.base import main, user_errors
-from core.config import Settings, get_settings
+from core.cli.operator_audit import record_operator_action
+from core.config import get_settings
 from core.db import upgrade_database
 from core.errors import InvalidRequest, TenantLLMError
 from core.plugins import load_tenants
 from core.rbac import operator_principal
 
 _N = "N|off"
-
-
-def _record(
-    settings: Settings, outcome: AuditOutcome, tenant_id: str | None, detail: str, error: str = ""
-) -> None:
-    auditor = Auditor(settings)
-    auditor.record(
-        AuditEvent.from_request(
-            None,
-            action="budget_set",
-            outcome=outcome,
-            principal=operator_principal(),
-            tenant_id=tenant_id,
-            status=200 if outcome == "ok" else 400,
-            error_class=error or None,
-            detail=detail[:500],
-        )
-    )
-    auditor.close()  # stores the event (or spools it) before the command exits
 
 
 def parse_tokens(flag: str, value: str) -> int | None:
@@ -103,9 +83,18 @@ def set_(
             actor=operator_principal().subject,
         )
     except TenantLLMError as exc:
-        _record(settings, "error", known, f"refused {request}: {exc.message}", type(exc).__name__)
+        record_operator_action(
+            settings,
+            "budget_set",
+            "error",
+            known,
+            f"refused {request}: {exc.message}",
+            type(exc).__name__,
+        )
         raise
-    _record(settings, "ok", known, f"{who}: {changes_summary(changes)}")
+    record_operator_action(
+        settings, "budget_set", "ok", known, f"{who}: {changes_summary(changes)}"
+    )
     if stored is None:
         click.echo(f"Team {known}, {who}: no budget left (removed).")
     else:

@@ -10,29 +10,13 @@ import json
 
 import click
 
-from core.audit.auditor import AuditEvent, Auditor
 from core.auth import apikeys
 from core.cli.base import main, user_errors
+from core.cli.operator_audit import record_operator_action
 from core.config import Settings, get_settings
 from core.db import upgrade_database
 from core.plugins import load_tenants
 from core.rbac import authorize, operator_principal
-
-
-def _record(settings: Settings, action: str, tenant_id: str | None, detail: str) -> None:
-    auditor = Auditor(settings)
-    # No request: the CLI's caller is the operator on this machine.
-    auditor.record(
-        AuditEvent.from_request(
-            None,
-            action=action,
-            outcome="ok",
-            principal=operator_principal(),
-            tenant_id=tenant_id,
-            detail=detail,
-        )
-    )
-    auditor.close()  # stores the event (or spools it) before the command exits
 
 
 def _prepared_settings() -> Settings:
@@ -70,7 +54,9 @@ def create(tenant_id: str, role: str, expires: str | None) -> None:
         expires_in=lifetime,
         created_by=operator_principal().subject,
     )
-    _record(settings, "api_key_create", tenant_id, f"key {created.key.id} role {role}")
+    record_operator_action(
+        settings, "api_key_create", "ok", tenant_id, f"key {created.key.id} role {role}"
+    )
     expiry = created.key.expires_at.isoformat() if created.key.expires_at else "never"
     click.echo(f"key id:  {created.key.id}  (team {tenant_id}, role {role}, expires {expiry})")
     click.echo(f"API key: {created.secret}")
@@ -112,5 +98,5 @@ def revoke(key_id: str) -> None:
     """Revoke a key: it stops working at once."""
     settings = _prepared_settings()
     info = apikeys.revoke_key(settings, key_id, principal=operator_principal())
-    _record(settings, "api_key_revoke", info.tenant_id, f"key {info.id}")
+    record_operator_action(settings, "api_key_revoke", "ok", info.tenant_id, f"key {info.id}")
     click.echo(f"Revoked key {info.id} (team {info.tenant_id}).")

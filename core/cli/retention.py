@@ -12,10 +12,9 @@ import sys
 
 import click
 
-from core.audit.auditor import AuditEvent, Auditor
-from core.audit.auditor import Outcome as AuditOutcome
 from core.cli.base import main, user_errors
-from core.config import Settings, get_settings
+from core.cli.operator_audit import record_operator_action
+from core.config import get_settings
 from core.db import upgrade_database
 from core.errors import TenantLLMError
 from core.plugins import load_tenants
@@ -32,22 +31,6 @@ from core.services import build_services
 
 _DAYS = "DAYS|keep|default"
 _FLAGS = {"conversation_days": "--conversations", "prompt_text_days": "--prompt-text"}
-
-
-def _record(settings: Settings, outcome: AuditOutcome, tenant_id: str | None, detail: str) -> None:
-    auditor = Auditor(settings)
-    auditor.record(
-        AuditEvent.from_request(
-            None,
-            action="retention_set",
-            outcome=outcome,
-            principal=operator_principal(),
-            tenant_id=tenant_id,
-            status=200 if outcome == "ok" else 400,
-            detail=detail[:500],
-        )
-    )
-    auditor.close()  # stores the event (or spools it) before the command exits
 
 
 @main.group()
@@ -76,9 +59,11 @@ def set_(tenant_id: str, conversations: str | None, prompt_text: str | None) -> 
         actor = operator_principal().subject
         policy = set_override(settings.resolved_database_url, tenant, changes, actor=actor)
     except TenantLLMError as exc:
-        _record(settings, "error", known, f"refused {request}: {exc.message}")
+        record_operator_action(
+            settings, "retention_set", "error", known, f"refused {request}: {exc.message}"
+        )
         raise
-    _record(settings, "ok", known, f"{request} -> {_line(policy)}")
+    record_operator_action(settings, "retention_set", "ok", known, f"{request} -> {_line(policy)}")
     click.echo(_line(policy))
 
 

@@ -16,30 +16,15 @@ from typing import IO
 
 import click
 
-from core.audit.auditor import AuditEvent, Auditor
 from core.cli.audit import parse_time
 from core.cli.base import main, user_errors
-from core.config import Settings, get_settings
+from core.cli.operator_audit import record_operator_action
+from core.config import get_settings
 from core.db import upgrade_database
 from core.plugins import load_tenants
 from core.rbac import allowed_tenants, operator_principal
 from core.usage.export import json_lines, write_csv
 from core.usage.query import UsageQuery, UsageRow, usage_rows
-
-
-def _record(settings: Settings, tenant_id: str | None, detail: str) -> None:
-    auditor = Auditor(settings)
-    auditor.record(
-        AuditEvent.from_request(
-            None,
-            action="usage_view",
-            outcome="ok",
-            principal=operator_principal(),
-            tenant_id=tenant_id,
-            detail=detail[:500],
-        )
-    )
-    auditor.close()  # stores the event (or spools it) before the command exits
 
 
 def _when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -90,7 +75,9 @@ def usage(
     query = UsageQuery(since, until, by, per_day, tenant_id)  # type: ignore[arg-type]
     tenants = allowed_tenants(operator_principal(), "read_usage")
     rows = usage_rows(settings.resolved_database_url, query, tenants=tenants)
-    _record(settings, tenant_id, f"cli usage by={by} since={since} rows={len(rows)}")
+    record_operator_action(
+        settings, "usage_view", "ok", tenant_id, f"cli usage by={by} since={since} rows={len(rows)}"
+    )
     if output is None:
         _write(rows, by, as_csv, as_json, sys.stdout)
         return
