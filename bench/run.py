@@ -42,6 +42,7 @@ from bench.merge import merge_results
 # (quality, before it, ingests the 10-Q reports from ../shared/eval/ when they are there).
 BENCHMARKS: dict[str, str] = {
     "audit": "bench.audit_overhead",
+    "siem": "bench.siem_throughput",
     "overhead": "bench.overhead",
     "shared": "bench.shared_vs_separate",
     "fairness": "bench.fairness",
