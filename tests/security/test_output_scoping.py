@@ -109,8 +109,12 @@ def strings(value: Any) -> Iterator[str]:
 
 def assert_scoped(output: Any, own: list[str], foreign: list[str]) -> None:
     """None of `foreign` anywhere in `output`; all of `own` somewhere in it."""
-    blob = "\n".join(strings(output)).lower()
-    leaked = [f for f in foreign if f.lower() in blob]
+    values = list(strings(output))
+    blob = "\n".join(values).lower()
+    # A numeric id (a conversation's) is a whole value, never a digit run inside a timing
+    # such as Gradio's `duration` (which once contained "13", team B's conversation id).
+    exact = {v.strip().lower() for v in values}
+    leaked = [f for f in foreign if (f in exact if f.isdigit() else f.lower() in blob)]
     assert not leaked, f"team B's values reached a team A caller: {leaked}"
     missing = [o for o in own if o.lower() not in blob]
     assert not missing, f"team A's own rows are missing: {missing}\n{blob[:2000]}"
