@@ -199,6 +199,11 @@ class Settings(BaseSettings):
     # --- limits --------------------------------------------------------------------------
     rate_limit_user: str = Field("30/minute", description="Chat requests per user.")
     rate_limit_tenant: str = Field("300/minute", description="Chat requests per tenant.")
+    rate_limit_signin: str = Field(
+        "60/minute",
+        description="Sign-in requests (/login, /auth/callback) per client address; raise it when "
+        "many people sign in from one address (a NAT or a proxy that hides theirs).",
+    )
     tenant_max_concurrency: int = Field(
         64,
         ge=1,

@@ -27,7 +27,8 @@ from core.identity import Principal
 log = logging.getLogger(__name__)
 
 
-def _parse(value: str, name: str) -> RateLimitItem:
+def parse_limit(value: str, name: str) -> RateLimitItem:
+    """`value` ('30/minute') as a limit; ConfigError naming the setting `name` otherwise."""
     try:
         return parse(value)
     except ValueError:
@@ -46,8 +47,8 @@ class Limits:
         """Count on Redis (`settings.redis_url`) or in memory."""
         self.settings = settings
         self.key_prefix = key_prefix
-        self.user_limit = _parse(settings.rate_limit_user, "rate_limit_user")
-        self.tenant_limit = _parse(settings.rate_limit_tenant, "rate_limit_tenant")
+        self.user_limit = parse_limit(settings.rate_limit_user, "rate_limit_user")
+        self.tenant_limit = parse_limit(settings.rate_limit_tenant, "rate_limit_tenant")
         # Fixed windows, as slowapi counts the HTTP routes' limits.
         storage = storage_from_string(settings.redis_url or "memory://")
         self._strategy: RateLimiter = FixedWindowRateLimiter(storage)

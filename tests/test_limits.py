@@ -126,3 +126,26 @@ def test_two_processes_share_one_budget_through_redis(tmp_path: Path) -> None:
         here.check(person("ann"), "sales")
     # Another prefix (another deployment) has its own counters.
     Limits(settings, key_prefix=f"t-{uuid.uuid4().hex}").check(person("ann"), "sales")
+
+
+async def test_sign_in_is_limited_per_address_by_its_setting(
+    tmp_path: Path, oidc_issuer: str
+) -> None:
+    """The sign-in limit is the setting's: the third /login from one address in a minute is 429."""
+    settings = make_auth_settings(tmp_path, oidc_issuer, rate_limit_signin="2/minute")
+    app, services = build_auth_app(settings)
+    async with app_client(app) as client:
+        codes = [(await client.get("/login")).status_code for _ in range(3)]
+    assert 429 not in codes[:2] and codes[2] == 429  # the first two go on to the IdP
+    refusals = [e for e in services.auditor.events if e.outcome == "rate_limited"]
+    assert len(refusals) == 1
+
+
+def test_a_malformed_sign_in_limit_is_a_clear_error_at_start(
+    tmp_path: Path, oidc_issuer: str
+) -> None:
+    from core.errors import ConfigError
+
+    settings = make_auth_settings(tmp_path, oidc_issuer, rate_limit_signin="lots")
+    with pytest.raises(ConfigError, match="TENANTLLM_RATE_LIMIT_SIGNIN"):
+        build_auth_app(settings)

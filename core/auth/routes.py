@@ -4,7 +4,7 @@
 (authorization code + PKCE S256, state, nonce), `/auth/callback` (ID token checked: signature
 via JWKS with one refetch on an unknown kid, iss, aud, exp, nonce; then a fresh server-side
 session, core/auth/sessions.py), `POST /logout`, `/auth/signed-out`. Sign-in is limited per
-client address (`LOGIN_RATE_LIMIT`, on the app's slowapi limiter: core/server.py). Sign-ins
+client address (`rate_limit_signin`, on the app's slowapi limiter: core/server.py). Sign-ins
 (ok and refused) and sign-outs are audited here.
 
 Sign-out changes state, so it is `POST /logout` with the session's CSRF token (a form field,
@@ -40,8 +40,8 @@ from core.auth.sessions import (
     session_id_of,
 )
 from core.config import Settings
+from core.limits import parse_limit
 
-LOGIN_RATE_LIMIT = "60/minute"  # per client address: sign-in has no principal yet
 LOGIN_ERRORS = (OAuthError, JoseError, httpx.HTTPError, ValueError, KeyError, TypeError)
 
 
@@ -139,9 +139,12 @@ def add_auth_routes(
 ) -> None:
     """Register the sign-in routes on `app`; `limiter` is the app's (`app.state.limiter`)."""
     settings = runtime.services.settings
+    # Per client address: sign-in has no principal yet. A bad value fails at start, not later.
+    parse_limit(settings.rate_limit_signin, "rate_limit_signin")
+    signin_limit = settings.rate_limit_signin
 
     @app.get("/login", include_in_schema=False)
-    @limiter.limit(LOGIN_RATE_LIMIT, key_func=get_remote_address)
+    @limiter.limit(signin_limit, key_func=get_remote_address)
     async def login(request: Request) -> Response:
         """Send the browser to the IdP."""
         request.session["next"] = safe_next(request.query_params.get("next"))
@@ -154,7 +157,7 @@ def add_auth_routes(
         return response
 
     @app.get("/auth/callback", name="auth_callback", include_in_schema=False)
-    @limiter.limit(LOGIN_RATE_LIMIT, key_func=get_remote_address)
+    @limiter.limit(signin_limit, key_func=get_remote_address)
     async def auth_callback(request: Request) -> Response:
         """Check the IdP's answer; on success start a fresh server-side session."""
         try:
