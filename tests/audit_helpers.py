@@ -51,6 +51,16 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A new database at the newest migration: a SQLite file (`sqlite`) or PostgreSQL."""
+    if kind == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    with pg_database("tlm_t") as url:
+        yield url
+
+
 def settings_for(tmp_path: Path, url: str, **overrides: Any) -> Settings:
     """Settings on `tmp_path` with the given database and a short flush interval."""
     values: dict[str, Any] = {"data_dir": tmp_path, "database_url": url}

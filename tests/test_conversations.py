@@ -6,16 +6,14 @@ migration chain (never `create_all`).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from core.chat import conversations as conv
-from core.db import dispose_engines, upgrade_database
 from core.errors import InvalidRequest, NotFound
+from tests.audit_helpers import fresh_database
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -23,22 +21,8 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database at the newest migration."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'conv.db'}"
-        upgrade_database(url)
+    with fresh_database(request.param, tmp_path) as url:
         yield url
-        return
-    name = f"tlm_conv_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        dispose_engines()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _with_message(url: str, owner: str, tenant: str, text: str) -> str:

@@ -16,12 +16,13 @@ from core.chat import conversations as conv
 from core.chat import feedback
 from core.chat.export import export_filename, parse_format, render_export
 from core.errors import InvalidRequest, NotFound
-from tests.test_feedback import answer_ids, conversation, fresh_db, source
+from tests.audit_helpers import fresh_database
+from tests.test_feedback import answer_ids, conversation, source
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_db(request.param, tmp_path) as url:
+    with fresh_database(request.param, tmp_path) as url:
         yield url
 
 

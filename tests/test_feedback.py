@@ -7,49 +7,25 @@ tests/test_feedback_ui.py and tests/security/test_output_scoping.py.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-import psycopg
 import pytest
 
 from core.chat import conversations as conv
 from core.chat import feedback
-from core.db import dispose_engines, upgrade_database
 from core.errors import InvalidRequest, NotFound
 from core.ui.chat_tab import to_chat_messages
 from core.ui.feedback import _liked, answer_at
+from tests.audit_helpers import fresh_database
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-@contextmanager
-def fresh_db(kind: str, tmp_path: Path) -> Iterator[str]:
-    """A new database at the newest migration: a SQLite file, or a PostgreSQL database."""
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'f.db'}"
-        upgrade_database(url)
-        yield url
-        return
-    name = f"tlm_f_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        dispose_engines()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_db(request.param, tmp_path) as url:
+    with fresh_database(request.param, tmp_path) as url:
         yield url
 
 

@@ -33,7 +33,8 @@ from core.retention.policy import parse_days, policies, set_override
 from core.retention.run import apply_retention
 from core.services import Services, build_services
 from core.tenancy import PromptTemplate, Tenant, TenantRegistry
-from tests.test_feedback import answer_ids, conversation, fresh_db, source
+from tests.audit_helpers import fresh_database
+from tests.test_feedback import answer_ids, conversation, source
 
 OLD = timedelta(days=40)
 T = AuditEventRow.__table__
@@ -53,7 +54,7 @@ def team(tenant_id: str, conversations: int | None, prompt_text: int | None) -> 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Services]:
     """Sales keeps 30 days of both; finance keeps everything (its plugin sets nothing)."""
-    with fresh_db(request.param, tmp_path) as url:
+    with fresh_database(request.param, tmp_path) as url:
         settings = Settings(data_dir=tmp_path, database_url=url, audit_prompt_text=True)
         tenants = TenantRegistry([team("sales", 30, 30), team("finance", None, None)])
         built = build_services(settings, tenants=tenants)

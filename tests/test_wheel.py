@@ -23,7 +23,6 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import httpx
 import pytest
 
 from core.cli.version import checkout_version
+from tests.fixtures.app_server import wait_ready
 from tests.fixtures.common import BUNDLED_MODEL_DIR, REPO, free_port
 
 # The first test pays for the module's fixtures: a wheel build and a cold `serve` (engine,
@@ -134,20 +134,6 @@ class Served:
     log: Path
 
 
-def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"not ready in 900 s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def served(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The installed `tenantllm serve`, from the empty work dir, on a fresh data dir."""
@@ -174,7 +160,7 @@ def served(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> It
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base_url, proc, log)
+        wait_ready(base_url, proc, log, timeout=900)
         yield Served(base_url, data_dir, env, log)
     finally:
         proc.terminate()
