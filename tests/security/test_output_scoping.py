@@ -111,8 +111,8 @@ def assert_scoped(output: Any, own: list[str], foreign: list[str]) -> None:
     """None of `foreign` anywhere in `output`; all of `own` somewhere in it."""
     values = list(strings(output))
     blob = "\n".join(values).lower()
-    # A numeric id (a conversation's) is a whole value, never a digit run inside a timing
-    # such as Gradio's `duration` (which once contained "13", team B's conversation id).
+    # A numeric id (a conversation's or a message's) is a whole value, never a digit run
+    # inside a timing such as Gradio's `duration`.
     exact = {v.strip().lower() for v in values}
     leaked = [f for f in foreign if (f in exact if f.isdigit() else f.lower() in blob)]
     assert not leaked, f"team B's values reached a team A caller: {leaked}"
@@ -454,7 +454,10 @@ def scenario_feedback(w: World) -> None:
         out = s.ok("chat_feedback", [None, "sales"], DISLIKE)
         # The same user's conversation in finance cannot be opened from sales, so not rated.
         refused = s.call("conversation_open", [w.ids["fin_conv_mine"], "sales"])
-    assert_scoped(out, [w.ids["sales_answer"]], w.foreign())
+    # The rated answer's id goes to a gr.State, which Gradio keeps on the server: what comes
+    # back is the comment box of a thumbs-down (its id matched only when a timing held it).
+    assert_scoped(out, ["what was wrong with this answer"], w.foreign())
+    assert w.ids["sales_answer"] not in set(strings(out))
     assert refused[-1].get("success") is False, refused[-1]
     # Gradio's refusal names the id it was sent (not in this session's choices): nothing more.
     assert_scoped(refused, [], [w.fin])
