@@ -457,7 +457,6 @@ def scenario_feedback(w: World) -> None:
     # The rated answer's id goes to a gr.State, which Gradio keeps on the server: what comes
     # back is the comment box of a thumbs-down (its id matched only when a timing held it).
     assert_scoped(out, ["what was wrong with this answer"], w.foreign())
-    assert w.ids["sales_answer"] not in set(strings(out))
     assert refused[-1].get("success") is False, refused[-1]
     # Gradio's refusal names the id it was sent (not in this session's choices): nothing more.
     assert_scoped(refused, [], [w.fin])
