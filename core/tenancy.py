@@ -55,6 +55,17 @@ _SOURCE_VARS = {"n", "filename", "location", "snippet"}
 _SOURCE_REQUIRED = {"snippet"}
 _SYSTEM_VARS = {"tenant_name"}
 
+# OpenAI sampling bounds (issue 16): a tenant's defaults, and the most any tenant may allow.
+DEFAULT_MAX_N = 4  # answers per request: each one costs a whole generation
+LIMIT_MAX_N = 16
+DEFAULT_MAX_TOP_LOGPROBS = 5
+LIMIT_MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's own limit
+DEFAULT_MAX_LOGIT_BIAS_TOKENS = 300
+LIMIT_MAX_LOGIT_BIAS_TOKENS = 1024
+# A JSON schema is compiled into a grammar per request: its size bounds that work.
+DEFAULT_MAX_JSON_SCHEMA_CHARS = 16_000
+LIMIT_MAX_JSON_SCHEMA_CHARS = 200_000
+
 
 def _template_fields(template: str) -> set[str]:
     """Names of the `{fields}` a str.format template uses (raises ValueError if malformed)."""
@@ -156,6 +167,13 @@ class Tenant:
     # may override either (`tenantllm retention set`).
     retention_conversation_days: int | None = None
     retention_prompt_text_days: int | None = None
+    # OpenAI sampling bounds (issue 16; core/engine/base.py `check_sampling`): the most answers
+    # per request (`n`), alternatives per token (`top_logprobs`), `logit_bias` entries and
+    # characters of a `response_format` JSON schema (0 refuses JSON schemas) this team may ask.
+    max_n: int = DEFAULT_MAX_N
+    max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS
+    max_logit_bias_tokens: int = DEFAULT_MAX_LOGIT_BIAS_TOKENS
+    max_json_schema_chars: int = DEFAULT_MAX_JSON_SCHEMA_CHARS
     plugin: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -181,6 +199,20 @@ class Tenant:
                 problems.append(f"{name} must be a number of days from 1 to 36500, or None")
         if not isinstance(self.weight, int | float) or not 0 < self.weight <= 1000:
             problems.append("weight must be above 0 and at most 1000")
+        return problems + self._sampling_problems()
+
+    def _sampling_problems(self) -> list[str]:
+        """What is wrong with the sampling bounds (each a whole number in its range)."""
+        problems = []
+        for name, low, high in (
+            ("max_n", 1, LIMIT_MAX_N),
+            ("max_top_logprobs", 0, LIMIT_MAX_TOP_LOGPROBS),
+            ("max_logit_bias_tokens", 0, LIMIT_MAX_LOGIT_BIAS_TOKENS),
+            ("max_json_schema_chars", 0, LIMIT_MAX_JSON_SCHEMA_CHARS),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                problems.append(f"{name} must be a whole number from {low} to {high}")
         return problems
 
 

@@ -69,6 +69,7 @@ def generation_params(
         top_p=1.0 if request.top_p is None else request.top_p,
         stop=tuple(request.stop),
         seed=request.seed,
+        sampling=request.sampling,
     )
     check_params(params, output_cap)  # the engine's own check, once more before streaming
     return params

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from core.engine.base import SamplingOptions
 
 Channel = Literal["ui", "api", "cli"]
 
@@ -22,6 +24,8 @@ class ChatRequest:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The API's other OpenAI sampling parameters (n, penalties, logprobs, logit_bias, JSON).
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
     channel: Channel = "ui"
     client_ip: str | None = None
     user_agent: str | None = None

@@ -36,7 +36,7 @@ from core.budgets.store import Reservation
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.chat.request import ChatRequest
-from core.engine.base import EngineOptions, GenerationChunk, GenerationParams
+from core.engine.base import EngineOptions, GenerationChunk, GenerationParams, check_sampling
 from core.errors import (
     BudgetExceeded,
     EngineUnavailable,
@@ -288,6 +288,7 @@ async def _prepare_turn(
         default_max_tokens=services.settings.default_max_tokens,
         output_cap=options.max_output_tokens,
     )
+    check_sampling(params.sampling, options.bounds)  # the tenant's n, logprobs, ... bounds
     # Retrieval sees only the question and the registry's tenant: never history or client ids.
     sources = await asyncio.to_thread(services.knowledge.retrieve, tenant, question)
     messages, sources, tokens = fit_prompt(
@@ -301,7 +302,9 @@ async def _prepare_turn(
     audit.document_ids = [s.document_id for s in sources]
     audit.tokens_in = tokens
     messages = _apply_prompt_checks(services, principal, tenant, question, history, messages, audit)
-    held = await _reserve_budget(services, principal, tenant, tokens + params.max_tokens, audit)
+    # Every one of the n answers may use max_tokens: the most the turn can use is all of them.
+    most = tokens + params.sampling.n * params.max_tokens
+    held = await _reserve_budget(services, principal, tenant, most, audit)
     return ChatTurn(services, tenant, list(sources), messages, params, options, audit, held)
 
 

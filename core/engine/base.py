@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from core.config import Settings
 from core.errors import (
@@ -34,6 +34,12 @@ from core.errors import (
     InvalidRequest,
     PromptTooLong,
     TenantLLMError,
+)
+from core.tenancy import (
+    DEFAULT_MAX_JSON_SCHEMA_CHARS,
+    DEFAULT_MAX_LOGIT_BIAS_TOKENS,
+    DEFAULT_MAX_N,
+    DEFAULT_MAX_TOP_LOGPROBS,
 )
 
 if TYPE_CHECKING:
@@ -43,20 +49,84 @@ CHAT_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output (vLLM's structured outputs): any JSON object, or JSON that follows
+    `json_schema` (the schema as JSON text: hashable, and its size is what a tenant bounds)."""
+
+    type: Literal["json_object", "json_schema"]
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The OpenAI sampling parameters beyond the basic ones (all off by default).
+
+    `n` answers per request; `logprobs` returns each token's log-probability with the
+    `top_logprobs` most likely alternatives; `logit_bias` adds (token id, bias in -100..100)
+    to the logits. Bounded per tenant by `SamplingBounds` (`check_sampling`).
+    """
+
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    response_format: ResponseFormat | None = None
+
+
+@dataclass(frozen=True)
+class SamplingBounds:
+    """What one tenant's requests may ask of `SamplingOptions` (the Tenant's fields)."""
+
+    max_n: int = DEFAULT_MAX_N
+    max_top_logprobs: int = DEFAULT_MAX_TOP_LOGPROBS
+    max_logit_bias_tokens: int = DEFAULT_MAX_LOGIT_BIAS_TOKENS
+    max_json_schema_chars: int = DEFAULT_MAX_JSON_SCHEMA_CHARS
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     """Sampling parameters of one request."""
 
-    max_tokens: int
+    max_tokens: int  # per answer: `sampling.n` answers may use up to n * max_tokens
     temperature: float = 0.7
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the most likely alternatives at its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChoiceOutput:
+    """One of the `n` answers, as it advanced in one streamed step."""
+
+    index: int
+    text: str  # cumulative text of this answer
+    delta: str  # new text of this answer in this step
+    finish_reason: str | None = None  # set once this answer is done
+    logprobs: tuple[TokenLogprob, ...] = ()  # of this step's new tokens (if asked for)
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
-    """One streamed step of an answer."""
+    """One streamed step of an answer.
+
+    `text`, `delta` and `finish_reason` are the first answer's (all the UI and the CLI use);
+    `choices` holds every answer that advanced in this step (empty: only the first, as
+    `text`/`delta` say). `completion_tokens` counts the tokens of all answers so far, so
+    budgets, fair share and the audit count every answer.
+    """
 
     text: str  # cumulative text so far
     delta: str  # new text since the previous chunk
@@ -65,6 +135,14 @@ class GenerationChunk:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (0 if unknown)
+    choices: tuple[ChoiceOutput, ...] = ()
+
+    def choice_outputs(self) -> tuple[ChoiceOutput, ...]:
+        """The answers that advanced in this step (`choices`, or the first answer alone)."""
+        if self.choices:
+            return self.choices
+        reason = self.finish_reason if self.finished else None
+        return (ChoiceOutput(0, self.text, self.delta, reason),)
 
 
 @dataclass(frozen=True)
@@ -111,6 +189,7 @@ class EngineOptions:
     request_id: str = field(default_factory=_new_request_id)
     priority: int = 0
     lora_path: str | None = None
+    bounds: SamplingBounds = field(default_factory=SamplingBounds)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tenant_id, str) or not self.tenant_id:
@@ -137,6 +216,12 @@ class EngineOptions:
             request_id=request_id or _new_request_id(),
             priority=int(tenant.priority),
             lora_path=tenant.lora_path,
+            bounds=SamplingBounds(
+                max_n=tenant.max_n,
+                max_top_logprobs=tenant.max_top_logprobs,
+                max_logit_bias_tokens=tenant.max_logit_bias_tokens,
+                max_json_schema_chars=tenant.max_json_schema_chars,
+            ),
         )
 
 
@@ -251,6 +336,7 @@ class Engine(ABC):
         cancelling its task) aborts the request in the engine.
         """
         check_params(params, options.max_output_tokens)
+        check_sampling(params.sampling, options.bounds)
         self._require_ready()
         prompt = self._prepare(_checked_messages(messages))
         # The context window bounds every request, whatever its options say.
@@ -317,6 +403,36 @@ def check_params(params: GenerationParams, output_cap: int) -> None:
         raise InvalidRequest("top_p must be greater than 0 and at most 1.")
     if any(not isinstance(s, str) or not s for s in params.stop):
         raise InvalidRequest("stop strings must be non-empty text.")
+
+
+def check_sampling(sampling: SamplingOptions, bounds: SamplingBounds) -> None:
+    """Refuse `sampling` outside its ranges or beyond the tenant's `bounds` (InvalidRequest).
+
+    Run when a chat turn is prepared (before retrieval) and again by the engine.
+    """
+    for name in ("frequency_penalty", "presence_penalty"):
+        if not -2.0 <= getattr(sampling, name) <= 2.0:
+            raise InvalidRequest(f"{name} must be between -2 and 2.")
+    if not 1 <= sampling.n <= bounds.max_n:
+        raise InvalidRequest(f"n must be between 1 and {bounds.max_n} for this tenant.")
+    if not 0 <= sampling.top_logprobs <= bounds.max_top_logprobs:
+        raise InvalidRequest(
+            f"top_logprobs must be between 0 and {bounds.max_top_logprobs} for this tenant."
+        )
+    if sampling.top_logprobs and not sampling.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true.")
+    if len(sampling.logit_bias) > bounds.max_logit_bias_tokens:
+        raise InvalidRequest(
+            f"logit_bias may name at most {bounds.max_logit_bias_tokens} tokens for this tenant."
+        )
+    if any(token < 0 or not -100.0 <= bias <= 100.0 for token, bias in sampling.logit_bias):
+        raise InvalidRequest("logit_bias maps token ids (0 or more) to biases from -100 to 100.")
+    schema = sampling.response_format.json_schema if sampling.response_format else None
+    if schema is not None and len(schema) > bounds.max_json_schema_chars:
+        raise InvalidRequest(
+            f"The JSON schema of response_format may have at most "
+            f"{bounds.max_json_schema_chars} characters for this tenant ({len(schema)} sent)."
+        )
 
 
 def _checked_messages(messages: Sequence[object]) -> list[dict[str, str]]:
