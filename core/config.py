@@ -170,7 +170,9 @@ class Settings(BaseSettings):
         "", description="SQLAlchemy URL. Empty: SQLite (WAL) at data_dir/tenantllm.db."
     )
     redis_url: str = Field(
-        "", description="Redis URL for shared rate-limit counters. Empty: in-process."
+        "",
+        description="Redis URL shared by every app replica: rate-limit counters, the team caps "
+        "and fair-share counters, the response cache. Empty: in-process (no response cache).",
     )
     audit_prompt_text: bool = Field(
         False, description="Store prompt text in the audit log (a digest is always stored)."

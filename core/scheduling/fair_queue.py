@@ -22,6 +22,11 @@ fairness mechanism. Each admitted ticket carries its team's `rank` (how many act
 been served less), which the chat turn adds to the engine request's priority: inside vLLM's
 own batch, too, the least-served team's prompt is prefilled first. Time, waiting and refusals
 are the caller's (core/scheduling/scheduler.py).
+
+Several app replicas share one engine (core/scheduling/shared_places.py): each charge is also
+reported to `on_charge` (team, weighted delta) for the shared counters, which come back
+through `set_counter`; `hold_elsewhere` says how many places of a team other replicas hold
+(so the team cap counts them), and `requeue` undoes an admission the shared cap refused.
 Not thread-safe: one event loop drives it.
 """
 
@@ -57,6 +62,7 @@ class _Team:
     counter: float = 0.0
     queue: deque[Ticket] = field(default_factory=deque)
     running: int = 0
+    elsewhere: int = 0  # places the team holds on other replicas (shared cap)
 
     @property
     def active(self) -> bool:
@@ -85,13 +91,17 @@ class FairQueue:
         self._teams: dict[str, _Team] = {}
         self._running = 0
         self._last_idle_counter = 0.0
+        # Told every weighted charge (team, delta): the shared counters' feed, if any.
+        self.on_charge: Callable[[str, float], None] | None = None
 
     # --- what callers do --------------------------------------------------------------------
     def arrive(self, ticket: Ticket) -> list[Ticket]:
         """Queue `ticket` (lifting an idle team's counter); return the tickets admitted now."""
         team = self._teams.setdefault(ticket.team, _Team())
         if not team.active:
-            team.counter = max(team.counter, self._lift_floor(exclude=ticket.team))
+            lifted = max(team.counter, self._lift_floor(exclude=ticket.team))
+            self._report(ticket.team, lifted - team.counter)
+            team.counter = lifted
         team.queue.append(ticket)
         return self.admit_ready()
 
@@ -100,7 +110,7 @@ class FairQueue:
         new = completion_tokens - ticket.output_charged
         if new > 0:
             ticket.output_charged = completion_tokens
-            self._teams[ticket.team].counter += OUTPUT_TOKEN_COST * new / self._weight_of(ticket)
+            self._charge(ticket.team, OUTPUT_TOKEN_COST * new / self._weight_of(ticket))
 
     def finish(self, ticket: Ticket) -> list[Ticket]:
         """Take `ticket` out (done, failed, timed out or cancelled); return tickets admitted now."""
@@ -126,10 +136,32 @@ class FairQueue:
             )
             team.running += 1
             self._running += 1
-            team.counter += PROMPT_TOKEN_COST * ticket.prompt_tokens / self._weight_of(ticket)
+            self._charge(ticket.team, self._prompt_cost(ticket))
             ticket.admitted = True
             admitted.append(ticket)
         return admitted
+
+    # --- what the shared state (other replicas) tells ---------------------------------------
+    def requeue(self, ticket: Ticket) -> list[Ticket]:
+        """Undo `ticket`'s admission (the shared cap refused it): back to the head of its
+        team's queue, its prompt charge taken back; return the tickets admitted instead."""
+        if not ticket.admitted:
+            return []
+        team = self._teams[ticket.team]
+        ticket.admitted = False
+        team.running -= 1
+        self._running -= 1
+        self._charge(ticket.team, -self._prompt_cost(ticket))
+        team.queue.appendleft(ticket)
+        return self.admit_ready()
+
+    def hold_elsewhere(self, team: str, places: int) -> None:
+        """`places` of the team's generations run on other replicas (the team cap counts them)."""
+        self._teams.setdefault(team, _Team()).elsewhere = max(0, places)
+
+    def set_counter(self, team: str, value: float) -> None:
+        """The team's counter as the replicas share it (not reported to `on_charge`)."""
+        self._teams.setdefault(team, _Team()).counter = value
 
     # --- what the admin page and the tests read ---------------------------------------------
     @property
@@ -153,6 +185,18 @@ class FairQueue:
     def _weight_of(self, ticket: Ticket) -> float:
         return self._weight(ticket.team)
 
+    def _prompt_cost(self, ticket: Ticket) -> float:
+        return PROMPT_TOKEN_COST * ticket.prompt_tokens / self._weight_of(ticket)
+
+    def _charge(self, team: str, delta: float) -> None:
+        """Add `delta` weighted tokens to the team's counter."""
+        self._teams[team].counter += delta
+        self._report(team, delta)
+
+    def _report(self, team: str, delta: float) -> None:
+        if delta and self.on_charge is not None:
+            self.on_charge(team, delta)
+
     def _lift_floor(self, exclude: str) -> float:
         counters = [t.counter for name, t in self._teams.items() if t.active and name != exclude]
         return min(counters) if counters else self._last_idle_counter
@@ -165,7 +209,7 @@ class FairQueue:
         best: tuple[float, int] | None = None
         chosen: Ticket | None = None
         for name, team in self._teams.items():
-            if not team.queue or team.running >= self.team_cap:
+            if not team.queue or team.running + team.elsewhere >= self.team_cap:
                 continue
             if share is not None and team.running >= share(name):  # full: only within share
                 continue

@@ -8,7 +8,8 @@ while generating gives its place back. Sizes come from Settings:
   throughput stops growing: see `make bench`'s scaling curve);
 - `max_num_seqs`: the ceiling, counting teams admitted within their guaranteed share;
 - `tenant_max_concurrency`: a safety limit per team.
-Per process: with several app replicas each schedules its own share of the engine.
+With `TENANTLLM_REDIS_URL` the team cap and the fair-share counters are shared by every app
+replica (core/scheduling/shared_places.py); without it, or while Redis is down, per process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from contextlib import asynccontextmanager
 from core.config import Settings
 from core.errors import RateLimited
 from core.scheduling.fair_queue import FairQueue, Ticket
+from core.scheduling.redis_state import RedisSchedulingState
 from core.scheduling.service_log import ServiceLog
+from core.scheduling.shared_places import SharedPlaces
 from core.scheduling.weights import WeightBook
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,13 @@ class FairScheduler:
         settings: Settings,
         weights: WeightBook,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        shared: RedisSchedulingState | None = None,
     ) -> None:
-        """Sizes and the wait bound from `settings`; weights from `weights`."""
+        """Sizes and the wait bound from `settings`; weights from `weights`.
+
+        `shared`: the replicas' state (default: on `settings.redis_url` when it is set).
+        """
         capacity = settings.engine_concurrency
         self.queue = FairQueue(
             capacity=capacity,
@@ -68,6 +76,9 @@ class FairScheduler:
         self._clock = clock
         self._waiters: dict[Ticket, asyncio.Future[None]] = {}
         self._refreshing: asyncio.Future[None] | None = None
+        if shared is None and settings.redis_url:
+            shared = RedisSchedulingState(settings.redis_url)
+        self.shared = SharedPlaces(shared, self.queue, self._grant) if shared else None
 
     @asynccontextmanager
     async def place(self, tenant_id: str, prompt_tokens: int) -> AsyncIterator[Place]:
@@ -98,15 +109,28 @@ class FairScheduler:
             self.log.served(tenant_id, waited, prompt_tokens + ticket.output_charged)
             self._leave(ticket)
 
+    async def close(self) -> None:
+        """Give back this replica's shared places and stop its loops (no-op without Redis)."""
+        if self.shared is not None:
+            await self.shared.close()
+
     def _leave(self, ticket: Ticket) -> None:
         self._waiters.pop(ticket, None)
+        if self.shared is not None:
+            self.shared.release(ticket)
         self._wake(self.queue.finish(ticket))
 
     def _wake(self, admitted: list[Ticket]) -> None:
+        if self.shared is not None:  # into the engine once the team's shared lease is held
+            self.shared.claim(admitted)
+            return
         for ticket in admitted:
-            waiter = self._waiters.get(ticket)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._grant(ticket)
+
+    def _grant(self, ticket: Ticket) -> None:
+        waiter = self._waiters.get(ticket)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _refusal(self, tenant_id: str, waited: float) -> RateLimited:
         retry_after = max(1, math.ceil(self.wait_bound / 4))
