@@ -245,6 +245,20 @@ class Settings(BaseSettings):
         description="Uploads not indexed within this time are deleted from the upload folder.",
     )
     parse_timeout_seconds: int = Field(60, ge=1, description="Time limit to parse one file.")
+    # Background indexing (core/knowledge/ingest_worker.py): one job per uploaded file.
+    ingest_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the app's indexing worker looks for jobs queued by another "
+        "process (a replica); its own uploads start at once.",
+    )
+    ingest_job_stale_seconds: int = Field(
+        300,
+        ge=30,
+        description="A job whose worker (on another host) has not written for this long is "
+        "taken as stopped: resumed, or failed with the reason. Keep it above the parse time "
+        "limit.",
+    )
     parse_memory_mb: int = Field(2048, ge=128, description="Memory limit to parse one file.")
     # all-MiniLM-L6-v2 embeds the first 256 word pieces of a chunk and ignores the rest:
     # bigger chunks would be found by their first half only (and crowd the prompt).

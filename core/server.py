@@ -82,6 +82,8 @@ async def _start_engine(services: Services, state: EngineState) -> None:
             await services.engine.start()
             log.info("engine ready: %s", services.settings.model)
         await _prepare_knowledge(services)
+        # After the demo documents: the worker embeds too (one transformers import at a time).
+        services.ingest_jobs.start()
         state.started = True
     except Exception as exc:  # the app keeps serving; /readyz says why it is not ready
         state.error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -107,6 +109,8 @@ def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untype
                 state.task.cancel()
             if retention is not None:
                 retention.cancel()
+            # A job still running is resumed at the next start (core/knowledge/ingest_worker.py).
+            await asyncio.to_thread(services.ingest_jobs.stop)
             await services.siem.stop()
             if services.engine is not None:
                 await services.engine.stop()

@@ -14,6 +14,7 @@ from core.budgets.store import BudgetStore
 from core.config import Settings
 from core.db import upgrade_database
 from core.engine import Engine, create_engine
+from core.knowledge.ingest_worker import IngestJobs
 from core.knowledge.service import KnowledgeService
 from core.limits import Limits
 from core.metrics import Metrics
@@ -38,6 +39,7 @@ class Services:
     scheduler: FairScheduler
     metrics: Metrics
     siem: SiemRunner  # audit rows to the SIEM sinks, and the alert rules
+    ingest_jobs: IngestJobs  # uploads indexed in the background, one job per file
     engine: Engine | None = None
 
 
@@ -63,17 +65,20 @@ def build_services(
     weights = {t.id: t.weight for t in tenants.all()}
     # Collected only when someone can scrape them (core/metrics.py).
     metrics = Metrics(weights, enabled=bool(settings.metrics_token or settings.metrics_listen))
+    knowledge = KnowledgeService(settings, tenants, metrics=metrics)
+    auditor = Auditor(settings)
     services = Services(
         settings=settings,
         tenants=tenants,
-        knowledge=KnowledgeService(settings, tenants, metrics=metrics),
-        auditor=Auditor(settings),
+        knowledge=knowledge,
+        auditor=auditor,
         limits=Limits(settings),
         groups=GroupMapping(settings),
         budgets=BudgetStore(settings.resolved_database_url, settings.budget_cache_seconds),
         scheduler=FairScheduler(settings, WeightBook(settings.resolved_database_url, weights)),
         metrics=metrics,
         siem=SiemRunner(settings),
+        ingest_jobs=IngestJobs(settings, knowledge, auditor),
         engine=engine,
     )
     _watch_live_values(services)

@@ -4,6 +4,11 @@ A file is stored completely or not at all: its encrypted original, its vectors, 
 (BM25) entries and its registry row (core/knowledge/documents.py, the list of record) are
 written together, and any failure removes what was written for it. In a batch, one file's
 failure is its own outcome; the rest of the batch goes on.
+
+An `IngestProgress` hears where one file stands (parsed, each embedded batch, storing under
+which document id): the background jobs (core/knowledge/ingest_worker.py) write it to the
+job's row; the document id is known before anything is stored, so that a process stopped
+mid-store can have what it wrote removed (`discard_partial`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,6 +31,7 @@ from core.errors import IngestionError, QuotaExceeded
 from core.knowledge import documents
 from core.knowledge.chunking import build_nodes, delete_filter
 from core.knowledge.documents import DocumentInfo, IngestOutcome
+from core.knowledge.embed_progress import EmbeddingSink, reporting_to
 from core.knowledge.indexes import TenantIndexes
 from core.knowledge.parsing import ParseLimits, Part, parse_in_sandbox
 from core.knowledge.tenant_files import TenantFiles
@@ -39,6 +45,16 @@ if TYPE_CHECKING:
 _CHROMA_BATCH = 1000  # nodes per Chroma add()
 
 
+class IngestProgress(EmbeddingSink, Protocol):
+    """Who hears where one file's indexing stands (besides its embedded batches)."""
+
+    def parsed(self, parts: int) -> None:
+        """The file was parsed into `parts` parts (a PDF's pages, a CSV's row blocks...)."""
+
+    def storing(self, document_id: str) -> None:
+        """Its chunks are about to be stored under `document_id`."""
+
+
 class Ingestion:
     """Writes and rewrites tenants' documents: originals, vectors and registry rows."""
 
@@ -50,7 +66,12 @@ class Ingestion:
         self._quota_lock = threading.Lock()
 
     def ingest(
-        self, tenant: Tenant, files: Sequence[Path], names: Sequence[str], uploaded_by: str
+        self,
+        tenant: Tenant,
+        files: Sequence[Path],
+        names: Sequence[str],
+        uploaded_by: str,
+        progress: IngestProgress | None = None,
     ) -> list[IngestOutcome]:
         """Ingest each file under its display name; one outcome each, refusals included."""
         if len(names) != len(files):
@@ -58,13 +79,24 @@ class Ingestion:
         outcomes = []
         for path, name in zip(files, names, strict=True):
             try:
-                outcomes.append(self._ingest_one(tenant, Path(path), name, uploaded_by))
+                outcomes.append(self._ingest_one(tenant, Path(path), name, uploaded_by, progress))
             except IngestionError as exc:
                 outcomes.append(IngestOutcome(filename=name, status="refused", error=exc.message))
             except OSError as exc:
                 error = f"{name}: the file could not be read ({exc.strerror or exc})."
                 outcomes.append(IngestOutcome(filename=name, status="refused", error=error))
         return outcomes
+
+    def discard_partial(self, tenant: Tenant, document_id: str) -> bool:
+        """Remove what a stopped store wrote for `document_id`, unless it was registered.
+
+        True when there was no registry row (so anything written was removed).
+        """
+        with session_scope(self._db_url) as session:
+            if documents.get_document(session, tenant.id, document_id) is not None:
+                return False
+        self.remove(tenant, document_id)
+        return True
 
     def remove(self, tenant: Tenant, document_id: str) -> None:
         """Delete a document's vectors, keyword entries and original (the row is the caller's)."""
@@ -97,7 +129,14 @@ class Ingestion:
         self._indexes.keywords(tenant).replace(n for _, nodes in rebuilt for n in nodes)
         return sum(len(nodes) for _, nodes in rebuilt)
 
-    def _ingest_one(self, tenant: Tenant, path: Path, name: str, uploaded_by: str) -> IngestOutcome:
+    def _ingest_one(
+        self,
+        tenant: Tenant,
+        path: Path,
+        name: str,
+        uploaded_by: str,
+        progress: IngestProgress | None = None,
+    ) -> IngestOutcome:
         settings = self._settings
         max_bytes = settings.max_upload_mb * 1024 * 1024
         checked = check_upload(path, name, max_bytes, settings.max_document_chars)
@@ -111,17 +150,22 @@ class Ingestion:
         document_id = uuid.uuid4().hex
         limits = ParseLimits(settings.max_document_chars, settings.max_pdf_pages)
         parts = self._parse(tenant, checked, limits)
-        nodes = build_nodes(
-            tenant.id,
-            document_id,
-            checked.name,
-            parts,
-            settings.chunk_size,
-            settings.chunk_overlap,
-            settings.max_document_chunks,
-        )
+        if progress is not None:
+            progress.parsed(len(parts))
+        with reporting_to(progress):
+            nodes = build_nodes(
+                tenant.id,
+                document_id,
+                checked.name,
+                parts,
+                settings.chunk_size,
+                settings.chunk_overlap,
+                settings.max_document_chunks,
+            )
         if not nodes:
             raise IngestionError(f"{checked.name}: no text could be extracted (a scanned image?).")
+        if progress is not None:
+            progress.storing(document_id)
         return self._store(tenant, document_id, checked, sha256, nodes, uploaded_by)
 
     def _find_duplicate(self, tenant: Tenant, name: str, sha256: str) -> IngestOutcome | None:

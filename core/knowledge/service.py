@@ -23,7 +23,7 @@ from core.knowledge import documents, retrieval
 from core.knowledge.demo import DEMO_UPLOADER, demo_files
 from core.knowledge.documents import DocumentInfo, IngestOutcome, document_info
 from core.knowledge.indexes import TenantIndexes
-from core.knowledge.ingestion import Ingestion
+from core.knowledge.ingestion import Ingestion, IngestProgress
 from core.knowledge.keyword import KeywordIndex
 from core.knowledge.tenant_files import TenantFiles
 from core.metrics import Metrics
@@ -68,15 +68,24 @@ class KnowledgeService:
         files: Sequence[Path],
         uploaded_by: str,
         names: Sequence[str] | None = None,
+        progress: IngestProgress | None = None,
     ) -> list[IngestOutcome]:
-        """Ingest each file (display names from `names`, else the file names); one outcome each."""
+        """Ingest each file (display names from `names`, else the file names); one outcome each.
+
+        `progress` hears where each file stands (the background jobs' progress).
+        """
         tenant = self.tenants.get(tenant.id)
         names = list(names) if names is not None else [Path(f).name for f in files]
         started = time.perf_counter()
-        outcomes = self._ingestion.ingest(tenant, files, names, uploaded_by)
+        outcomes = self._ingestion.ingest(tenant, files, names, uploaded_by, progress)
         elapsed = time.perf_counter() - started
         self.metrics.observe_indexing(tenant.id, "upload", elapsed, (o.status for o in outcomes))
         return outcomes
+
+    def discard_partial(self, tenant: Tenant, document_id: str) -> bool:
+        """Remove what an interrupted ingest stored under `document_id` if it was never
+        registered (a process stopped mid-store); True if so."""
+        return self._ingestion.discard_partial(self.tenants.get(tenant.id), document_id)
 
     def list_documents(self, tenant: Tenant) -> list[DocumentInfo]:
         """The tenant's documents, newest first."""
