@@ -188,9 +188,9 @@ def test_errors_have_openai_shape_and_status(app_server: Any, keys: dict) -> Non
     ("changes", "param"),
     [
         ({"extra_body": {"tools": [{"type": "function"}]}}, "tools"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"logprobs": True}, "logprobs"),
-        ({"n": 2}, "n"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
+        ({"n": 17}, "n"),
         ({"temperature": 3}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

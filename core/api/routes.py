@@ -160,6 +160,7 @@ async def chat_completions(
         top_p=body.top_p,
         stop=body.stop_tuple(),
         seed=body.seed,
+        sampling=body.sampling_options(),
         channel="api",
         client_ip=client_ip,
         user_agent=user_agent,
@@ -177,10 +178,10 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    finished, last = await collect_unless_disconnected(request, turn)
-    if not finished:
+    finished, answers = await collect_unless_disconnected(request, turn)
+    if not finished or answers is None:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-    answer = completion(turn, body.model, last)
+    answer = completion(turn, body.model, answers, with_logprobs=bool(body.logprobs))
     # Settled by now: what is left after what this answer really used.
     headers.update(_budget_headers(turn))
     return JSONResponse(answer.model_dump(mode="json"), headers=headers)

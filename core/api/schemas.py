@@ -1,16 +1,31 @@
 """Request and response models of the OpenAI-compatible API (they also document /docs).
 
 Requests forbid unknown fields: a parameter tenantllm does not implement is refused with a
-400 naming it, never silently ignored. The only accepted-but-unused fields are documented
-here: `user` and `name` (identity comes from the credential), `n` (must be 1) and
-`stream_options.include_usage`.
+400 naming it, never silently ignored. The only accepted-but-unused fields are `user` and
+`name` (identity comes from the credential). Every OpenAI sampling parameter the engine
+supports passes through (`frequency_penalty`, `presence_penalty`, `stop`, `seed`, `n`,
+`logprobs`/`top_logprobs`, `logit_bias`, `response_format` with JSON mode and JSON schema):
+the ranges are checked here, the tenant's own bounds (`n`, `top_logprobs`, `logit_bias`
+entries, JSON schema size; core/tenancy.py) by the chat turn. What would undo tenancy stays
+refused: `system`/`developer` messages (each tenant's assistant has its own system prompt).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from core.engine.base import ResponseFormat, SamplingOptions
+from core.tenancy import LIMIT_MAX_LOGIT_BIAS_TOKENS, LIMIT_MAX_N, LIMIT_MAX_TOP_LOGPROBS
 
 MAX_MESSAGES = 200
 MAX_CONTENT_CHARS = 100_000
@@ -63,6 +78,41 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class TextFormat(_Strict):
+    """`response_format` `text`: free text (the default)."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    """`response_format` `json_object` (JSON mode): the answer is one JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Strict):
+    """The schema of `response_format` `json_schema`; `strict` is accepted: it always is."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=1000)
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema object.")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Strict):
+    """`response_format` `json_schema`: the answer is JSON that follows the schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormatIn = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
 class ChatCompletionRequest(_Strict):
     """`POST /v1/chat/completions`. `model` is a tenant id (see `GET /v1/models`)."""
 
@@ -80,7 +130,22 @@ class ChatCompletionRequest(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    n: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
+    n: int | None = Field(
+        None, ge=1, le=LIMIT_MAX_N, description="Answers to generate; capped per tenant."
+    )
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logprobs: bool | None = Field(None, description="Return each token's log-probability.")
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=LIMIT_MAX_TOP_LOGPROBS,
+        description="Most likely alternatives per token (needs logprobs); capped per tenant.",
+    )
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as text) -> bias from -100 to 100; capped per tenant."
+    )
+    response_format: ResponseFormatIn | None = None
     user: str | None = Field(None, max_length=256, description="Accepted and ignored.")
 
     @field_validator("stop")
@@ -89,6 +154,28 @@ class ChatCompletionRequest(_Strict):
         stops = [value] if isinstance(value, str) else (value or [])
         if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
             raise ValueError("stop takes at most 4 non-empty strings of up to 200 characters.")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A field validator (not the model's): the 400 then names `top_logprobs`.
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs set to true.")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > LIMIT_MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"at most {LIMIT_MAX_LOGIT_BIAS_TOKENS} tokens may be biased.")
+        for token, bias in value.items():
+            if not token.isascii() or not token.isdigit() or len(token) > 9:
+                raise ValueError(f"keys must be token ids (whole numbers), not {token[:20]!r}.")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError("biases must be between -100 and 100.")
         return value
 
     @model_validator(mode="after")
@@ -102,6 +189,24 @@ class ChatCompletionRequest(_Strict):
         ):
             raise ValueError("max_tokens and max_completion_tokens disagree; send one.")
         return self
+
+    def sampling_options(self) -> SamplingOptions:
+        """The request's other sampling parameters, with OpenAI's defaults filled in."""
+        response_format = None
+        if isinstance(self.response_format, JsonObjectFormat):
+            response_format = ResponseFormat("json_object")
+        elif isinstance(self.response_format, JsonSchemaFormat):
+            schema = json.dumps(self.response_format.json_schema.schema_, separators=(",", ":"))
+            response_format = ResponseFormat("json_schema", schema)
+        return SamplingOptions(
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            n=self.n or 1,
+            logprobs=bool(self.logprobs),
+            top_logprobs=self.top_logprobs or 0,
+            logit_bias=tuple((int(t), float(b)) for t, b in (self.logit_bias or {}).items()),
+            response_format=response_format,
+        )
 
     def stop_tuple(self) -> tuple[str, ...]:
         """`stop` as a tuple of strings."""
@@ -134,12 +239,34 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a place (`bytes`: its UTF-8 bytes)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-probability, with the `top_logprobs` most likely tokens."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """The log-probabilities of a choice's tokens (`logprobs: true`)."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
-    """The one choice of a completion."""
+    """One choice of a completion (`n` of them, `index` 0 to n - 1)."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Usage(BaseModel):
@@ -170,11 +297,12 @@ class Delta(BaseModel):
 
 
 class ChunkChoice(BaseModel):
-    """The one choice of a streamed chunk."""
+    """One choice of a streamed chunk (its `index` says which of the `n`)."""
 
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

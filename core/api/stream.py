@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from core.api.errors import INTERNAL_ERROR
 from core.api.schemas import ChatCompletion, ChatCompletionChunk, SourceOut, TenantLLMExtension
 from core.chat.turn import ChatTurn
-from core.engine.base import GenerationChunk
+from core.engine.base import ChoiceOutput, GenerationChunk, TokenLogprob
 from core.errors import TenantLLMError
 from core.web import error_body
 
@@ -44,44 +44,96 @@ def extension(turn: ChatTurn) -> TenantLLMExtension:
     return TenantLLMExtension(request_id=turn.request_id, sources=sources)
 
 
-def _finish_reason(chunk: GenerationChunk | None) -> str:
-    return "length" if chunk is not None and chunk.finish_reason == "length" else "stop"
+# OpenAI's stand-in for a token the model gives no chance (JSON has no -Infinity).
+_LOWEST_LOGPROB = -9999.0
 
 
-def _usage(turn: ChatTurn, last: GenerationChunk | None) -> dict[str, int]:
-    prompt = last.prompt_tokens if last is not None and last.prompt_tokens else turn.prompt_tokens
-    completion = last.completion_tokens if last is not None else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+class Answers:
+    """The `n` answers of a turn, put together from its chunks: text, finish, logprobs.
+
+    Usage comes from the last chunk, whose completion tokens count every answer.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.text = dict.fromkeys(range(n), "")
+        self.finish: dict[int, str] = {}
+        self.logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(n)}
+        self.last: GenerationChunk | None = None
+
+    def add(self, chunk: GenerationChunk) -> tuple[ChoiceOutput, ...]:
+        """Take in one chunk; returns the answers that advanced in it."""
+        self.last = chunk
+        outputs = chunk.choice_outputs()
+        for out in outputs:
+            self.text[out.index] = out.text
+            if out.finish_reason:
+                self.finish[out.index] = out.finish_reason
+            self.logprobs.setdefault(out.index, []).extend(out.logprobs)
+        return outputs
+
+    def finish_reason(self, index: int) -> str:
+        """The OpenAI finish reason of one answer: `length` when cut by max_tokens."""
+        return "length" if self.finish.get(index) == "length" else "stop"
+
+    def usage(self, turn: ChatTurn) -> dict[str, int]:
+        """Prompt tokens and the completion tokens of all answers."""
+        last = self.last
+        prompt = last.prompt_tokens if last is not None and last.prompt_tokens else 0
+        prompt = prompt or turn.prompt_tokens
+        completion = last.completion_tokens if last is not None else 0
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
 
-def completion(turn: ChatTurn, model: str, last: GenerationChunk | None) -> ChatCompletion:
+def logprobs_body(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """Token logprobs in the OpenAI shape (`{"content": [...], "refusal": null}`)."""
+
+    def top(token: str, logprob: float) -> dict[str, Any]:
+        value = max(logprob, _LOWEST_LOGPROB)
+        return {"token": token, "logprob": value, "bytes": list(token.encode())}
+
+    content = [
+        {**top(e.token, e.logprob), "top_logprobs": [top(t, lp) for t, lp in e.top]}
+        for e in entries
+    ]
+    return {"content": content, "refusal": None}
+
+
+def completion(
+    turn: ChatTurn, model: str, answers: Answers, *, with_logprobs: bool
+) -> ChatCompletion:
+    """The non-streamed completion: one choice per answer."""
+    choices = [
+        {
+            "index": i,
+            "message": {"content": answers.text[i]},
+            "finish_reason": answers.finish_reason(i),
+            "logprobs": logprobs_body(answers.logprobs[i]) if with_logprobs else None,
+        }
+        for i in range(answers.n)
+    ]
     return ChatCompletion.model_validate(
         {
             "id": f"chatcmpl-{turn.request_id}",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "message": {"content": last.text if last is not None else ""},
-                    "finish_reason": _finish_reason(last),
-                }
-            ],
-            "usage": _usage(turn, last),
+            "choices": choices,
+            "usage": answers.usage(turn),
             "tenantllm": extension(turn),
         }
     )
 
 
-async def _collect(turn: ChatTurn) -> GenerationChunk | None:
-    last: GenerationChunk | None = None
+async def _collect(turn: ChatTurn) -> Answers:
+    answers = Answers(turn.params.sampling.n)
     async with aclosing(turn.stream()) as stream:
         async for chunk in stream:
-            last = chunk
-    return last
+            answers.add(chunk)
+    return answers
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -91,10 +143,10 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def collect_unless_disconnected(
     request: Request, turn: ChatTurn
-) -> tuple[bool, GenerationChunk | None]:
+) -> tuple[bool, Answers | None]:
     """Generate the whole answer, but abort it (audited `cancelled`) if the client leaves.
 
-    Returns (finished, last chunk); raises the turn's error if generation failed.
+    Returns (finished, the answers); raises the turn's error if generation failed.
     """
     generation = asyncio.create_task(_collect(turn))
     watcher = asyncio.create_task(_wait_for_disconnect(request))
@@ -128,23 +180,26 @@ async def sse_events(
     model: str,
     include_usage: bool,
 ) -> AsyncIterator[str]:
-    """Server-sent events: role + sources, text deltas, finish + sources, [usage], [DONE]."""
+    """Server-sent events: role + sources, text deltas (one event per answer that advanced,
+    with its logprobs if asked), finish of every answer + sources, [usage], [DONE]."""
     base: dict[str, Any] = {
         "id": f"chatcmpl-{turn.request_id}",
         "created": int(time.time()),
         "model": model,
     }
+    sampling = turn.params.sampling
+    answers = Answers(sampling.n)
     sources = extension(turn)
-    yield _sse_chunk(base, {"role": "assistant", "content": ""}, extension=sources)
-    last = first
+    role = {"delta": {"role": "assistant", "content": ""}}
+    yield _sse_chunk(base, [{"index": i, **role} for i in range(answers.n)], extension=sources)
     try:
         async with aclosing(stream):
-            if first is not None and first.delta:
-                yield _sse_chunk(base, {"content": first.delta})
+            if first is not None:
+                for event in _delta_events(base, answers.add(first), sampling.logprobs):
+                    yield event
             async for chunk in stream:
-                last = chunk
-                if chunk.delta:
-                    yield _sse_chunk(base, {"content": chunk.delta})
+                for event in _delta_events(base, answers.add(chunk), sampling.logprobs):
+                    yield event
     except TenantLLMError as exc:
         # The status line is already sent: report the error the way OpenAI streams do.
         yield f"data: {json.dumps(error_body(exc))}\n\n"
@@ -153,29 +208,41 @@ async def sse_events(
         log.exception("stream of %s failed", turn.request_id)
         yield f"data: {json.dumps(INTERNAL_ERROR)}\n\n"
         return
-    yield _sse_chunk(base, {}, finish_reason=_finish_reason(last), extension=sources)
+    finish = [
+        {"index": i, "delta": {}, "finish_reason": answers.finish_reason(i)}
+        for i in range(answers.n)
+    ]
+    yield _sse_chunk(base, finish, extension=sources)
     if include_usage:
         usage = ChatCompletionChunk.model_validate(
-            {**base, "choices": [], "usage": _usage(turn, last)}
+            {**base, "choices": [], "usage": answers.usage(turn)}
         )
         yield f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
     yield "data: [DONE]\n\n"
 
 
+def _delta_events(
+    base: dict[str, Any], outputs: tuple[ChoiceOutput, ...], with_logprobs: bool
+) -> list[str]:
+    """One event per answer with new text (or new tokens' logprobs) in this step."""
+    events = []
+    for out in outputs:
+        if not out.delta and not (with_logprobs and out.logprobs):
+            continue
+        choice: dict[str, Any] = {"index": out.index, "delta": {"content": out.delta}}
+        if with_logprobs:
+            choice["logprobs"] = logprobs_body(out.logprobs)
+        events.append(_sse_chunk(base, [choice]))
+    return events
+
+
 def _sse_chunk(
     base: dict[str, Any],
-    delta: dict[str, str],
+    choices: list[dict[str, Any]],
     *,
-    finish_reason: str | None = None,
     extension: TenantLLMExtension | None = None,
 ) -> str:
-    chunk = ChatCompletionChunk.model_validate(
-        {
-            **base,
-            "choices": [{"delta": delta, "finish_reason": finish_reason}],
-            "tenantllm": extension,
-        }
-    )
+    chunk = ChatCompletionChunk.model_validate({**base, "choices": choices, "tenantllm": extension})
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 

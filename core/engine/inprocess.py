@@ -17,12 +17,15 @@ from typing import Any
 
 from core.config import Settings
 from core.engine.base import (
+    ChoiceOutput,
     Engine,
     EngineRequest,
     EngineStatus,
     GenerationChunk,
     GenerationParams,
     PreparedPrompt,
+    ResponseFormat,
+    TokenLogprob,
 )
 from core.engine.model import resolve_model
 from core.errors import (
@@ -119,13 +122,12 @@ class VLLMEngine(Engine):
             priority=request.priority,
             lora_request=self._lora_request(request.lora_path),
         )
-        previous = ""
+        progress = _Progress(params.sampling.top_logprobs)
         # aclosing: closing vLLM's generator aborts the request in the engine.
         async with aclosing(outputs) as stream:
             async for out in stream:
-                chunk = _chunk(out, previous, prompt.tokens)
-                if chunk.delta or chunk.finished:
-                    previous = chunk.text
+                chunk = _chunk(out, progress, prompt.tokens)
+                if chunk.choices or chunk.finished:
                     yield chunk
 
     def _map_error(self, exc: Exception) -> TenantLLMError:
@@ -228,6 +230,7 @@ def _engine_input(
     from vllm.inputs.engine import tokens_input
     from vllm.sampling_params import RequestOutputKind
 
+    extra = params.sampling
     sampling = SamplingParams(
         max_tokens=request.max_tokens,
         temperature=params.temperature,
@@ -236,6 +239,13 @@ def _engine_input(
         seed=params.seed,
         ignore_eos=params.ignore_eos,
         output_kind=RequestOutputKind.CUMULATIVE,
+        n=extra.n,
+        frequency_penalty=extra.frequency_penalty,
+        presence_penalty=extra.presence_penalty,
+        # vLLM's logprobs=k: the sampled token's logprob plus the k most likely (0: none).
+        logprobs=extra.top_logprobs if extra.logprobs else None,
+        logit_bias=dict(extra.logit_bias) or None,
+        structured_outputs=_structured_outputs(extra.response_format),
     )
     engine_input = tokens_input(
         list(prompt.token_ids), prompt=prompt.text, cache_salt=request.cache_salt
@@ -243,19 +253,81 @@ def _engine_input(
     return engine_input, sampling
 
 
-def _chunk(out: Any, previous: str, prompt_tokens: int) -> GenerationChunk:
-    completion = out.outputs[0]
-    text = completion.text
-    delta = text[len(previous) :] if text.startswith(previous) else text
+def _structured_outputs(response_format: ResponseFormat | None) -> Any:
+    """vLLM's structured outputs for `response_format` (vLLM >= 0.12 names them so; the
+    `guided_*` parameters are gone): any JSON object, or JSON following the schema."""
+    if response_format is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if response_format.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=response_format.json_schema)
+
+
+class _Progress:
+    """What has been streamed of each answer: with n > 1 vLLM sends each answer's outputs
+    on its own (one `RequestOutput` may carry any of them), each with cumulative text."""
+
+    def __init__(self, top_logprobs: int) -> None:
+        self.top_logprobs = top_logprobs  # alternatives asked for per token
+        self.text: dict[int, str] = {}
+        self.logprobs: dict[int, int] = {}  # tokens whose logprobs were already sent
+        self.tokens: dict[int, int] = {}
+        self.finish: dict[int, str] = {}
+
+
+def _chunk(out: Any, progress: _Progress, prompt_tokens: int) -> GenerationChunk:
+    choices = []
+    for completion in out.outputs:
+        index = completion.index
+        previous = progress.text.get(index, "")
+        text = completion.text
+        delta = text[len(previous) :] if text.startswith(previous) else text
+        sent = progress.logprobs.get(index, 0)
+        logprobs = _token_logprobs(completion, sent, progress.top_logprobs)
+        reason = completion.finish_reason
+        progress.text[index] = text
+        progress.logprobs[index] = sent + len(logprobs)
+        progress.tokens[index] = len(completion.token_ids)
+        if reason is not None:
+            progress.finish[index] = reason
+        if delta or logprobs or reason is not None:
+            choices.append(ChoiceOutput(index, text, delta, reason, logprobs))
+    first = next((c for c in choices if c.index == 0), None)
     return GenerationChunk(
-        text=text,
-        delta=delta,
+        text=progress.text.get(0, ""),
+        delta=first.delta if first is not None else "",
         finished=bool(out.finished),
-        finish_reason=completion.finish_reason if out.finished else None,
+        finish_reason=progress.finish.get(0) if out.finished else None,
         prompt_tokens=prompt_tokens,
-        completion_tokens=len(completion.token_ids),
+        completion_tokens=sum(progress.tokens.values()),  # every answer's tokens
         cached_tokens=out.num_cached_tokens or 0,
+        choices=tuple(choices),
     )
+
+
+def _token_logprobs(completion: Any, sent: int, k: int) -> tuple[TokenLogprob, ...]:
+    """The logprobs of `completion`'s tokens after the first `sent`, each with its `k` most
+    likely alternatives (none if logprobs were not asked for).
+
+    vLLM gives each position a dict token id -> Logprob (rank, decoded token): the sampled
+    token, plus the k most likely ones, ranked from 1.
+    """
+    positions = completion.logprobs
+    if not positions:
+        return ()
+    token_ids = list(completion.token_ids)
+    result = []
+    for position in range(sent, min(len(positions), len(token_ids))):
+        entries = positions[position]
+        chosen = entries[token_ids[position]]
+        ranked = sorted((e for e in entries.values() if e.rank is not None), key=lambda e: e.rank)[
+            :k
+        ]
+        top = tuple((e.decoded_token or "", float(e.logprob)) for e in ranked)
+        result.append(TokenLogprob(chosen.decoded_token or "", float(chosen.logprob), top))
+    return tuple(result)
 
 
 def map_vllm_error(exc: Exception) -> TenantLLMError:
