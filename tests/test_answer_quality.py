@@ -77,3 +77,18 @@ def test_states_fact(answer: str, facts: list[str], stated: bool) -> None:
 def test_a_looping_answer_is_degenerate() -> None:
     assert is_degenerate("Sales to: [5] Sales to: [6] Sales to: [7] Sales to: [8]")
     assert not is_degenerate("The Team plan costs EUR 199 per month, billed annually.")
+
+
+def test_the_demo_notice_is_for_the_bundled_model_only(tmp_path: Path) -> None:
+    from core.config import Settings
+    from core.engine.model import serves_bundled_model
+
+    def settings(**kw: str) -> Settings:
+        return Settings(data_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+    assert serves_bundled_model(settings())  # the default: `bundled`
+    assert serves_bundled_model(settings(model=str(tmp_path / "models/SmolLM2-135M-Instruct")))
+    assert not serves_bundled_model(settings(model="/models/Qwen2.5-7B-Instruct"))
+    assert not serves_bundled_model(
+        settings(engine_backend="openai", engine_url="http://gpu:8000", model="bundled")
+    )

@@ -90,6 +90,9 @@ def test_sign_in_chat_streams_with_sources(new_context, app_server) -> None:
     page, sub = _open(new_context, app_server, ["sales"])
     assert sub in page.locator("#tl-user").inner_text()
     assert "Sign out" in page.locator("#tl-signout").inner_text()
+    # The bundled model serves this app: the chat says it is a small demo model, and the way out.
+    notice = page.locator("#demo-model-notice").inner_text()
+    assert "small model bundled" in notice and "TENANTLLM_MODEL" in notice, notice
     _ask(page, "What does the sales playbook say about discounts?")
     # Streaming: part of the answer is on the page while the turn is still running.
     _wait_streaming(page)
