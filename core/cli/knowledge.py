@@ -1,13 +1,17 @@
 """`tenantllm tenants|ingest|docs|rm|reindex`: tenants and their documents, from the server.
 
 The CLI runs on the server with operator rights; every command that touches documents
-records one audit event with the actor `local:<os user>`.
+records one audit event with the actor `local:<os user>`. `ingest` queues one job per file
+(core/knowledge/ingest_worker.py), kept for itself, and runs them here with a progress bar on
+stderr (file k of n, the file's step, chunks embedded; click's bar gives the time left); the
+jobs show in the Documents tab meanwhile, like the browser's uploads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +24,7 @@ import click
 from core.audit.auditor import AuditEvent
 from core.cli.base import main, user_errors
 from core.config import load_settings
+from core.knowledge.jobs import JobInfo
 from core.knowledge.service import IngestOutcome
 from core.plugins import load_tenants, plugin_package
 from core.rbac import operator_principal
@@ -91,6 +96,50 @@ def tenants_command(as_json: bool) -> None:
         click.echo(f"{row['id']:<14} {row['display_name']:<16} {row['plugin']} ({row['package']})")
 
 
+_BAR_STEPS = 100  # the bar counts percent of each file
+
+
+def _outcome_of(job: JobInfo) -> IngestOutcome:
+    status = "refused" if job.state == "failed" else job.state
+    return IngestOutcome(
+        filename=job.filename,
+        status=status,  # type: ignore[arg-type]  # a finished job: indexed, duplicate, refused
+        chunks=job.chunks_done,
+        document_id=job.document_id,
+        error=job.error,
+    )
+
+
+def _bar_label(job: JobInfo) -> str:
+    where = {"parsing": "parsing", "storing": "storing"}.get(job.step, "")
+    if job.step == "embedding":
+        where = f"{job.pages} parts, {job.chunks_done}/{job.chunks_expected} chunks embedded"
+    return f"file {job.position}/{job.batch_size} {job.filename[:40]}: {where or job.state}"
+
+
+def _run_with_bar(services: Services, tenant: Tenant, queued: list[JobInfo]) -> list[JobInfo]:
+    """Run the queued jobs here, one after the other, under one progress bar; the finished."""
+    finished = [j for j in queued if not j.active]  # refused on arrival
+    todo = [j for j in queued if j.active]
+    # On stderr: --json keeps stdout for the outcomes.
+    with click.progressbar(
+        length=_BAR_STEPS * len(queued), label="indexing", file=sys.stderr, show_eta=True, width=30
+    ) as bar:
+        bar.update(_BAR_STEPS * len(finished))
+        for job in todo:
+            shown = [0]  # percent of this file already on the bar
+
+            def moved(info: JobInfo, shown: list[int] = shown) -> None:
+                step = round(_BAR_STEPS * info.fraction_done())
+                bar.label = _bar_label(info)
+                bar.update(max(0, step - shown[0]))
+                shown[0] = max(shown[0], step)
+
+            done = services.ingest_jobs.run_job(tenant, job.id, moved)
+            finished.append(done or job)
+    return sorted(finished, key=lambda j: j.position)
+
+
 def _outcome_line(outcome: IngestOutcome) -> str:
     if outcome.status == "refused":
         return f"refused    {outcome.filename}: {outcome.error}"
@@ -107,7 +156,11 @@ def ingest_command(tenant_id: str, paths: tuple[Path, ...], as_json: bool) -> No
     """Add files to a tenant's documents (.txt .md .pdf .docx .html .csv); exit 1 if any refused."""
     started = time.monotonic()
     with operator_knowledge(tenant_id) as (services, tenant):
-        outcomes = services.knowledge.ingest(tenant, list(paths), operator_principal().subject)
+        operator = operator_principal().subject
+        queued = services.ingest_jobs.enqueue(
+            tenant, list(paths), [p.name for p in paths], operator, operator, keep_for_me=True
+        )
+        outcomes = [_outcome_of(j) for j in _run_with_bar(services, tenant, queued)]
         for outcome in outcomes:
             refused = outcome.status == "refused"
             audit_operator(

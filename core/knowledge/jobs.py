@@ -223,3 +223,37 @@ def stale(session: Session, before: datetime) -> list[IngestJobRow]:
         IngestJobRow.heartbeat_at < before,
     )
     return list(session.scalars(stmt))
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """Where one batch stands: file k of n, the file being indexed, about how long is left."""
+
+    position: int  # the file being indexed (or the last one), from 1
+    size: int
+    current: JobInfo | None  # the running (else the next queued) job; None when all are done
+    seconds_left: float | None  # None until something was measured
+
+
+def batch_status(batch: Sequence[JobInfo], now: datetime) -> BatchStatus:
+    """The status of one batch's jobs (all of the same batch).
+
+    Time left: the batch's bytes done per second so far (a running file counts by its
+    fraction done), applied to the bytes left. Files refused on arrival cost nothing.
+    """
+    ordered = sorted(batch, key=lambda j: j.position)
+    current = next((j for j in ordered if j.state == "running"), None) or next(
+        (j for j in ordered if j.state == "queued"), None
+    )
+    position = current.position if current else (ordered[-1].position if ordered else 0)
+    work = [j for j in ordered if j.started_at is not None or j.active]
+    total = sum(max(1, j.size) for j in work)
+    done = sum(max(1, j.size) * j.fraction_done() for j in work)
+    starts = [j.started_at for j in work if j.started_at is not None]
+    elapsed = (now - min(starts)).total_seconds() if starts else 0.0
+    left: float | None = None
+    if current is None:
+        left = 0.0
+    elif done > 0 and elapsed >= 1.0:
+        left = (total - done) / (done / elapsed)
+    return BatchStatus(position, len(ordered), current, left)

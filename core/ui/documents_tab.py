@@ -2,14 +2,15 @@
 
 Members see the list read-only (they chat with these documents, so knowing which exist is
 useful and not a leak across teams); the upload and delete controls are shown only to those
-`authorize` lets upload, and the handlers check again. Uploaded files are removed from Gradio's
-temp folder as soon as they are ingested: `/gradio_api/file=` serves that folder to any
-signed-in user (STACK_NOTES 1.5), and the knowledge service keeps its own (encrypted) copy.
+`authorize` lets upload, and the handlers check again. Uploads are indexed in the background,
+one job per file (core/knowledge/ingest_worker.py); the upload event only queues them, and
+the progress panel (core/ui/jobs_panel.py) polls the jobs. Uploaded files are removed from
+Gradio's temp folder as soon as they are queued: `/gradio_api/file=` serves that folder to
+any signed-in user (STACK_NOTES 1.5), and the queue keeps its own (encrypted) copy.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,16 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from core.errors import InvalidRequest, TenantLLMError
-from core.knowledge.service import IngestOutcome
+from core.errors import InvalidRequest
+from core.knowledge.jobs import JobInfo
 from core.services import Services
+from core.ui import jobs_panel
 from core.ui.gradio_guard.uploads import delete_upload
+from core.ui.jobs_panel import OUTCOME_COLUMNS
 from core.ui.render import inline_markdown
-from core.ui.session import UiCall, may, ui_call, user_message
-
-log = logging.getLogger(__name__)
+from core.ui.session import UiCall, may, ui_call
 
 DOC_COLUMNS = ["Name", "Size", "Chunks", "Uploaded by", "Uploaded (UTC)"]
-OUTCOME_COLUMNS = ["File", "Outcome", "Chunks", "Detail"]
 
 
 def human_size(size: int) -> str:
@@ -59,71 +59,35 @@ def _documents(call: UiCall, team: str) -> tuple[pd.DataFrame, list[tuple[str, s
 
 
 def refresh(services: Services, team: str | None, request: gr.Request | None) -> tuple[Any, ...]:
-    """The team's list, and whether this user gets the upload and delete controls."""
+    """The team's list and upload jobs, and whether this user gets the editing controls."""
     with ui_call(services, request) as call:
         if not team:
             empty = pd.DataFrame([], columns=DOC_COLUMNS)
             hidden = gr.update(visible=False)
-            return empty, gr.update(choices=[], value=None), hidden, hidden, ""
+            return (empty, gr.update(choices=[], value=None), hidden, hidden, "",
+                    *jobs_panel.job_updates([]))  # fmt: skip
         table, choices = _documents(call, team)
         editor = may(call.principal, team, "upload")
         note = "" if editor else "You can read this team's document list; editors add documents."
         shown = gr.update(visible=editor)
-        return table, gr.update(choices=choices, value=None), shown, shown, note
+        jobs = jobs_panel.team_jobs(call, team)
+        return (table, gr.update(choices=choices, value=None), shown, shown, note,
+                *jobs_panel.job_updates(jobs))  # fmt: skip
 
 
-def _outcome_row(outcome: IngestOutcome) -> list[Any]:
-    label = {"indexed": "indexed", "duplicate": "duplicate", "refused": "refused"}[outcome.status]
-    # The Chunks column has the count; the detail says what the outcome means for the user.
-    detail = outcome.error or ("ready for answers" if outcome.status == "indexed" else "")
-    if outcome.status == "duplicate" and not detail:
-        detail = "already in this team's documents"
-    return [outcome.filename, label, outcome.chunks, detail]
-
-
-def _ingest_one(services: Services, team: str, path: Path, uploader: str) -> IngestOutcome:
-    try:
-        [outcome] = services.knowledge.ingest(
-            services.tenants.get(team), [path], uploaded_by=uploader, names=[path.name]
-        )
-        return outcome
-    except TenantLLMError as exc:
-        return IngestOutcome(path.name, "refused", error=user_message(exc))
-    except Exception:
-        log.exception("ingesting %s failed", path.name)
-        return IngestOutcome(path.name, "refused", error=user_message(RuntimeError()))
-    finally:
-        delete_upload(str(path))
-
-
-def _ingest_all(
-    call: UiCall, team: str, paths: list[Path], progress: gr.Progress
-) -> list[list[Any]]:
-    """One outcome row per file, in order; the progress bar follows the files."""
-    uploader = call.principal.email or call.principal.subject
-    rows = []
-    for i, path in enumerate(paths):
-        progress((i, len(paths)), desc=f"Indexing {path.name}", unit="files")
-        rows.append(_outcome_row(_ingest_one(call.services, team, path, uploader)))
-    progress((len(paths), len(paths)), desc="Done", unit="files")
-    return rows
-
-
-def _summary(rows: list[list[Any]]) -> str:
-    # A refusal is audited with its reason (over a cap, the quota, a bad file).
+def _summary(queued: list[JobInfo]) -> str:
+    # A refusal on arrival is audited with its reason (over a cap, a bad file); each job's
+    # own outcome is audited by the worker (`ingest_job`).
     return "; ".join(
-        f"{r[0]}: {r[1]} ({r[3]})" if r[1] == "refused" else f"{r[0]}: {r[1]}" for r in rows
+        f"{j.filename}: refused ({j.error})" if j.state == "failed" else f"{j.filename}: queued"
+        for j in queued
     )
 
 
 def upload(
-    services: Services,
-    files: list[str] | None,
-    team: str | None,
-    request: gr.Request | None,
-    progress: gr.Progress,
+    services: Services, files: list[str] | None, team: str | None, request: gr.Request | None
 ) -> tuple[Any, ...]:
-    """Ingest each file on its own: one bad file never loses the good ones."""
+    """Queue each file as its own job (one bad file never loses the good ones); at once."""
     paths = [Path(f) for f in files or []]
     try:
         with ui_call(services, request) as call:
@@ -133,13 +97,19 @@ def upload(
                 raise InvalidRequest("Choose one or more files first.")
             call.check(team, "upload")
             started = time.monotonic()
-            rows = _ingest_all(call, team, paths, progress)
-            call.record_ok("ui_upload", team, _summary(rows)[:500], started)
+            principal = call.principal
+            queued = services.ingest_jobs.enqueue(
+                services.tenants.get(team), paths, [p.name for p in paths],
+                principal.email or principal.subject, principal.subject,
+            )  # fmt: skip
+            call.record_ok("ui_upload", team, _summary(queued)[:500], started)
             table, choices = _documents(call, team)
+            jobs = jobs_panel.team_jobs(call, team)
     finally:
-        for path in paths:  # refused before ingestion: the files must not stay either
+        for path in paths:  # queued or refused: the files must not stay in Gradio's folder
             delete_upload(str(path))
-    return pd.DataFrame(rows, columns=OUTCOME_COLUMNS), None, table, gr.update(choices=choices)
+    results, progress, timer = jobs_panel.job_updates(jobs)
+    return results, None, table, gr.update(choices=choices), progress, timer
 
 
 def delete(
@@ -182,6 +152,9 @@ class DocumentsView:
     files: gr.File
     upload_btn: gr.Button
     outcomes: gr.Dataframe
+    progress: gr.HTML
+    timer: gr.Timer
+    finished: gr.State
     table: gr.Dataframe
     delete_row: gr.Row
     doc_pick: gr.Dropdown
@@ -203,12 +176,17 @@ def build_documents_tab(services: Services, team: gr.Dropdown) -> DocumentsView:
             elem_id="docs-upload",
         )
         upload_btn = gr.Button("Upload and index", variant="primary", elem_id="docs-upload-btn")
+        progress = gr.HTML(elem_id="docs-progress")
         outcomes = gr.Dataframe(
             headers=OUTCOME_COLUMNS,
             label="Upload results",
             interactive=False,
+            wrap=True,
             elem_id="docs-outcomes",
         )
+    # Ticks only while a job of the team is queued or running (core/ui/jobs_panel.py).
+    timer = gr.Timer(jobs_panel.TICK_SECONDS, active=False)
+    finished = gr.State(0)  # jobs finished at the last tick: the list is re-read when it grows
     table = gr.Dataframe(
         headers=DOC_COLUMNS,
         label="Team documents",
@@ -224,7 +202,7 @@ def build_documents_tab(services: Services, team: gr.Dropdown) -> DocumentsView:
         confirm_btn = gr.Button("Yes, delete", variant="stop", elem_id="docs-confirm-btn")
         cancel_btn = gr.Button("Cancel")
     view = DocumentsView(
-        note, editor_box, files, upload_btn, outcomes, table,
+        note, editor_box, files, upload_btn, outcomes, progress, timer, finished, table,
         delete_row, doc_pick, delete_btn, confirm_row, confirm_text, confirm_btn, cancel_btn,
     )  # fmt: skip
     _wire(services, team, view)
@@ -235,13 +213,16 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
     def reload(team_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         return refresh(services, team_id, request)
 
-    def do_upload(
-        files: list[str] | None,
-        team_id: str | None,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),
-    ) -> tuple[Any, ...]:
-        return upload(services, files, team_id, request, progress)
+    def do_upload(files: list[str] | None, team_id: str | None, request: gr.Request) -> Any:
+        return upload(services, files, team_id, request)
+
+    def poll(team_id: str | None, seen: int, request: gr.Request) -> tuple[Any, ...]:
+        *shown, finished, changed = jobs_panel.tick(services, team_id, seen, request)
+        if not changed:
+            return (*shown, finished, gr.skip(), gr.skip())
+        with ui_call(services, request) as call:  # a file finished: the list has changed
+            table, choices = _documents(call, team_id or "")
+        return (*shown, finished, table, gr.update(choices=choices))
 
     def pick(doc_id: str | None, team_id: str | None, request: gr.Request) -> tuple[Any, str]:
         return ask_to_delete(services, doc_id, team_id, request)
@@ -250,11 +231,13 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
         return delete(services, doc_id, team_id, request)
 
     private: dict[str, Any] = {"api_visibility": "private"}
-    reload_out = [v.table, v.doc_pick, v.editor_box, v.delete_row, v.note]
+    jobs_out = [v.outcomes, v.progress, v.timer]
+    reload_out = [v.table, v.doc_pick, v.editor_box, v.delete_row, v.note, *jobs_out]
     team.change(reload, [team], reload_out, **private)
     v.upload_btn.click(
-        do_upload, [v.files, team], [v.outcomes, v.files, v.table, v.doc_pick], **private
-    )
+        do_upload, [v.files, team], [v.outcomes, v.files, v.table, v.doc_pick, v.progress,
+                                     v.timer], **private
+    )  # fmt: skip
     v.delete_btn.click(pick, [v.doc_pick, team], [v.confirm_row, v.confirm_text], **private)
     v.confirm_btn.click(
         confirm, [v.doc_pick, team], [v.table, v.doc_pick, v.confirm_row], **private
@@ -264,5 +247,14 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
         None,
         [v.confirm_row],
         api_name="delete_cancel",
+        **private,
+    )
+    # Last: events added after the others keep the earlier ones' numbers (fn_index).
+    v.timer.tick(
+        poll,
+        [team, v.finished],
+        [*jobs_out, v.finished, v.table, v.doc_pick],
+        api_name="docs_jobs_tick",
+        show_progress="hidden",
         **private,
     )

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -146,10 +147,16 @@ class World:
             yield session
 
 
-def _docs_of(session: GradioSession, team: str) -> dict[str, str]:
-    """filename -> document id, from the Documents tab's list."""
-    picker = final_data(session.ok("reload", [team]))[1]
-    return {name: doc_id for name, doc_id in picker["choices"]}
+def _docs_of(session: GradioSession, team: str, *wanted: str) -> dict[str, str]:
+    """filename -> document id, from the Documents tab's list (once `wanted` are indexed:
+    uploads are indexed in the background)."""
+    deadline = time.monotonic() + 300
+    while True:
+        picker = final_data(session.ok("reload", [team]))[1]
+        docs = {name: doc_id for name, doc_id in picker["choices"]}
+        if all(w in docs for w in wanted) or time.monotonic() > deadline:
+            return docs
+        time.sleep(0.5)
 
 
 def _new_key(session: GradioSession, team: str) -> tuple[str, str]:
@@ -163,7 +170,7 @@ def _team_rows(world: World, who: str, team: str, canary: str, prefix: str) -> N
     with world.session(who) as session:
         files = [session.upload(f"{canary}-{n}.txt", f"{canary} {n} notes.") for n in ("a", "b")]
         session.ok("do_upload", [files, team])
-        docs = _docs_of(session, team)
+        docs = _docs_of(session, team, f"{canary}-a.txt", f"{canary}-b.txt")
         world.ids[f"{prefix}_doc"] = docs[f"{canary}-a.txt"]
         world.ids[f"{prefix}_doc_spare"] = docs[f"{canary}-b.txt"]
         world.ids[f"{prefix}_key"], world.ids[f"{prefix}_secret"] = _new_key(session, team)
@@ -293,6 +300,16 @@ def scenario_upload(w: World) -> None:
     with w.session("sales_editor") as s:
         out = s.ok("do_upload", [[s.upload(f"{w.sales}-c.txt", f"{w.sales} c.")], "sales"])
     assert_scoped(out, [f"{w.sales}-c.txt", f"{w.sales}-a.txt", w.ids["sales_doc"]], w.foreign())
+
+
+def scenario_jobs_tick(w: World) -> None:
+    """The indexing progress poll: the team's own upload jobs; another team's is refused."""
+    with w.session("sales_member") as s:
+        own = s.ok("docs_jobs_tick", ["sales", 0])
+        refused = s.call("docs_jobs_tick", ["finance", 0])
+    assert_scoped(own, [f"{w.sales}-a.txt", "ready for answers"], w.foreign())
+    assert refused[-1].get("success") is False, refused[-1]
+    assert_scoped(refused, [], [*w.foreign(), "ready for answers"])
 
 
 def scenario_pick(w: World) -> None:
@@ -595,6 +612,7 @@ HANDLERS: dict[str, Scenario] = {
     # Documents tab (a sales member reads, a sales editor changes)
     "reload": scenario_reload,
     "do_upload": scenario_upload,
+    "docs_jobs_tick": scenario_jobs_tick,
     "pick": scenario_pick,
     "confirm": scenario_confirm,
     "delete_cancel": scenario_constant("delete_cancel", "sales_editor", []),
