@@ -16,7 +16,6 @@ import json
 import tarfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from core.audit.auditor import AuditEvent
-from core.auth import apikeys
 from core.backup.create import create_backup
 from core.backup.manifest import Member, parse_manifest
 from core.backup.restore import restore_backup
@@ -35,131 +32,23 @@ from core.cli import main
 from core.config import Settings, reset_settings_cache
 from core.db import dispose_engines, get_engine
 from core.errors import BackupError
-from core.services import Services, build_services
+from core.services import build_services
 from tests.audit_helpers import PG_ADMIN, pg_database
 from tests.fixtures.common import BUNDLED_MODEL_DIR
-from tests.knowledge_support import write
-
-TEAMS = ("sales", "finance")
-OWNERS = {"sales": "alice", "finance": "fiona"}
-DOCUMENTS = {
-    "sales": [
-        ("discounts.txt", "Orion discount rule {canary}: sales may give at most fifteen percent "
-         "discount on annual plans, and only with a signed order form."),
-        ("regions.txt", "Territory list {canary}: the northern region is served from Oslo, the "
-         "southern region from Madrid."),
-    ],
-    "finance": [
-        ("travel.txt", "Halcyon travel rule {canary}: hotel costs up to one hundred eighty euros "
-         "per night are reimbursed with a receipt."),
-        ("close.txt", "Month-end close {canary}: invoices received after the third working day "
-         "are booked in the next period."),
-    ],
-}  # fmt: skip
-QUESTIONS = {
-    "sales": "What discount may sales give on annual plans?",
-    "finance": "How much hotel cost per night is reimbursed?",
-}
-
-
-@dataclass
-class Install:
-    """What a source install holds, to be found again after a restore."""
-
-    canary: dict[str, str]
-    top: dict[str, tuple[str, str]]  # team -> (filename, snippet) of the top chunk
-    documents: dict[str, set[str]]
-    conversations: dict[str, str]
-    key_secrets: dict[str, str]
-    event_ids: set[str] = field(default_factory=set)
-
-
-def _settings(data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(
-        data_dir=data_dir, model=str(BUNDLED_MODEL_DIR), audit_flush_interval_ms=20, **overrides
-    )
-
-
-def _fill(services: Services, scratch: Path) -> Install:
-    """Two teams' documents, a conversation each, an API key each, audit events."""
-    db = services.settings.resolved_database_url
-    install = Install({}, {}, {}, {}, {})
-    for team in TEAMS:
-        tenant = services.tenants.get(team)
-        install.canary[team] = f"CANARY{team.upper()}{uuid.uuid4().hex[:8]}"
-        files = [
-            write(scratch, name, body.format(canary=install.canary[team]))
-            for name, body in DOCUMENTS[team]
-        ]
-        outcomes = services.knowledge.ingest(tenant, files, OWNERS[team])
-        assert all(o.status == "indexed" for o in outcomes), outcomes
-        install.documents[team] = {d.id for d in services.knowledge.list_documents(tenant)}
-        top = services.knowledge.retrieve(tenant, QUESTIONS[team])[0]
-        install.top[team] = (top.filename, top.snippet)
-        conversation = conv.create_conversation(db, OWNERS[team], team, f"{team} chat")
-        question = conv.StoredMessage("user", QUESTIONS[team])
-        messages = [question, conv.StoredMessage("assistant", "ok")]
-        conv.append_messages(db, OWNERS[team], team, conversation, messages)
-        install.conversations[team] = conversation
-        created = apikeys.create_key(services.settings, tenant_id=team, created_by=OWNERS[team])
-        install.key_secrets[team] = created.secret
-        for outcome in ("ok", "denied"):
-            services.auditor.record(
-                AuditEvent(action="chat", outcome=outcome, tenant_id=team, user_sub=OWNERS[team])
-            )
-    services.auditor.flush()
-    install.event_ids = _event_ids(db)
-    return install
-
-
-def _event_ids(url: str) -> set[str]:
-    with get_engine(url).connect() as conn:
-        return {r[0] for r in conn.execute(text("SELECT event_id FROM audit_events"))}
-
-
-def _check_restored(settings: Settings, install: Install) -> None:
-    """Everything of `install` is in the restored install, and teams stay apart."""
-    services = build_services(settings)
-    try:
-        db = settings.resolved_database_url
-        for team in TEAMS:
-            tenant = services.tenants.get(team)
-            ids = {d.id for d in services.knowledge.list_documents(tenant)}
-            assert ids == install.documents[team]
-            top = services.knowledge.retrieve(tenant, QUESTIONS[team])[0]
-            assert (top.filename, top.snippet) == install.top[team]
-            for other in TEAMS:  # every question, even the other team's exact wording
-                found = services.knowledge.retrieve(tenant, QUESTIONS[other], top_k=50)
-                text_found = "\n".join(s.snippet for s in found)
-                assert all(s.document_id in install.documents[team] for s in found)
-                assert all(install.canary[o] not in text_found for o in TEAMS if o != team)
-            # Rebuilt from the stored originals: they decrypt with the restored key.
-            assert services.knowledge.reindex(tenant) >= len(install.documents[team])
-            chat = conv.get_conversation(db, OWNERS[team], team, install.conversations[team])
-            assert [m.content for m in chat.messages][:2] == [QUESTIONS[team], "ok"]
-            assert apikeys.verify_key(settings, install.key_secrets[team]).tenant_id == team
-            # A new message gets a fresh id (PostgreSQL: the sequence was moved past the rows).
-            again = [conv.StoredMessage("user", "again")]
-            conv.append_messages(db, OWNERS[team], team, chat.id, again)
-        restored = _event_ids(db)
-        assert install.event_ids < restored
-        assert len(restored - install.event_ids) == 1  # the restore's own audit event
-        assert services.auditor.verify().ok
-    finally:
-        services.auditor.close()
+from tests.install_helpers import Install, check_copy, event_ids, fill_install, install_settings
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Install, Path]]:
     """A development install on SQLite (key file in the data dir) and its archive."""
     root = tmp_path_factory.mktemp("backup-source")
-    settings = _settings(root / "data")
+    settings = install_settings(root / "data")
     services = build_services(settings)
     (settings.data_dir / "models").mkdir()  # derived: must not travel
     (settings.data_dir / "models" / "weights.bin").write_bytes(b"x" * 1000)
     scratch = root / "scratch"
     scratch.mkdir()
-    install = _fill(services, scratch)
+    install = fill_install(services, scratch)
     archive = root / "install.tar.gz"
     create_backup(settings, archive)  # while the stores are open: a live backup
     services.auditor.close()
@@ -199,28 +88,28 @@ def test_cli_round_trip_into_empty_sqlite_install(
     assert all(c not in done.output for c in install.canary.values())
     assert not (target / "models").exists()
     assert (target / "master.key").read_bytes() == (settings.data_dir / "master.key").read_bytes()
-    _check_restored(_settings(target), install)
+    check_copy(install_settings(target), install)
 
 
 def test_postgres_round_trip(source: tuple[Settings, Install, Path], tmp_path: Path) -> None:
     """SQLite archive -> PostgreSQL install -> its own backup -> a second PostgreSQL install."""
     _, install, archive = source
     with pg_database("tlm_backup") as first_url, pg_database("tlm_backup") as second_url:
-        first = _settings(tmp_path / "pg1", database_url=first_url)
+        first = install_settings(tmp_path / "pg1", database_url=first_url)
         restore_backup(first, archive)
-        _check_restored(first, install)
+        check_copy(first, install)
         install_now = Install(
             install.canary, install.top, install.documents, install.conversations,
-            install.key_secrets, _event_ids(first_url),
+            install.key_secrets, event_ids(first_url),
         )  # fmt: skip
         pg_archive = tmp_path / "pg.tar.gz"
         manifest = create_backup(first, pg_archive)
         assert manifest.database_backend == "postgresql"
-        second = _settings(tmp_path / "pg2", database_url=second_url)
+        second = install_settings(tmp_path / "pg2", database_url=second_url)
         report = restore_backup(second, pg_archive)
         assert report.chain.ok
         assert report.table_rows == manifest.table_rows
-        _check_restored(second, install_now)
+        check_copy(second, install_now)
 
 
 def _rewrite(
@@ -294,7 +183,7 @@ def test_tampered_archive_is_refused_and_nothing_is_written(
     _rewrite(archive, bad, change, planted if tamper == "extra member" else ())
     target = tmp_path / "restored"
     with pytest.raises(BackupError, match="does not match|altered|does not verify"):
-        restore_backup(_settings(target), bad)
+        restore_backup(install_settings(target), bad)
     _assert_nothing_written(target)
 
 
@@ -306,12 +195,12 @@ def test_truncated_archive_is_refused(
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     target = tmp_path / "restored"
     with pytest.raises(BackupError, match="not a readable backup"):
-        restore_backup(_settings(target), cut)
+        restore_backup(install_settings(target), cut)
     _assert_nothing_written(target)
     plain = tmp_path / "plain.tar.gz"
     plain.write_bytes(gzip.compress(b"not a tar at all" * 100))
     with pytest.raises(BackupError):
-        restore_backup(_settings(target), plain)
+        restore_backup(install_settings(target), plain)
 
 
 def test_non_empty_targets_are_refused(
@@ -322,13 +211,13 @@ def test_non_empty_targets_are_refused(
     busy_dir.mkdir()
     (busy_dir / "notes.txt").write_text("keep me")
     with pytest.raises(BackupError, match="not empty"):
-        restore_backup(_settings(busy_dir), archive)
+        restore_backup(install_settings(busy_dir), archive)
     assert [p.name for p in busy_dir.iterdir()] == ["notes.txt"]
     with pg_database("tlm_backup") as url:
         conv.create_conversation(url, "someone", "sales", "already here")
         target = tmp_path / "fresh"
         with pytest.raises(BackupError, match="conversations"):
-            restore_backup(_settings(target, database_url=url), archive)
+            restore_backup(install_settings(target, database_url=url), archive)
         _assert_nothing_written(target)
         with get_engine(url).connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM conversations")).scalar() == 1
@@ -355,7 +244,7 @@ def test_failed_load_leaves_a_bare_postgres_database_bare(
     target = tmp_path / "restored"
     try:
         with pytest.raises(BackupError, match="could not be loaded"):
-            restore_backup(_settings(target, database_url=url), forged)
+            restore_backup(install_settings(target, database_url=url), forged)
         _assert_nothing_written(target)
         with get_engine(url).connect() as conn:
             tables = conn.execute(
@@ -370,11 +259,11 @@ def test_failed_load_leaves_a_bare_postgres_database_bare(
 
 def test_setting_key_stays_out_and_must_match(tmp_path: Path) -> None:
     key = "k" * 40
-    settings = _settings(tmp_path / "src", master_key=key)
+    settings = install_settings(tmp_path / "src", master_key=key)
     services = build_services(settings)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    install = _fill(services, scratch)
+    install = fill_install(services, scratch)
     services.auditor.close()
     archive = tmp_path / "keyed.tar.gz"
     manifest = create_backup(settings, archive)
@@ -388,11 +277,11 @@ def test_setting_key_stays_out_and_must_match(tmp_path: Path) -> None:
     target = tmp_path / "dst"
     for wrong, message in (("", "set the same"), ("w" * 40, "does not verify")):
         with pytest.raises(BackupError, match=message):
-            restore_backup(_settings(target, master_key=wrong), archive)
+            restore_backup(install_settings(target, master_key=wrong), archive)
         _assert_nothing_written(target)
-    restore_backup(_settings(target, master_key=key), archive)
-    install.event_ids = _event_ids(settings.resolved_database_url)
-    _check_restored(_settings(target, master_key=key), install)
+    restore_backup(install_settings(target, master_key=key), archive)
+    install.event_ids = event_ids(settings.resolved_database_url)
+    check_copy(install_settings(target, master_key=key), install)
 
 
 def test_backup_refuses_an_existing_file_or_the_data_dir(

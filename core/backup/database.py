@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -115,6 +115,12 @@ def decode_rows(table: Table, lines: Iterable[bytes]) -> Iterator[dict[str, Any]
             yield {name: _decode(value, columns[name]) for name, value in row.items()}
 
 
+def convert_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row read from one backend, as `table`'s columns on another take it (as a restore)."""
+    columns = {c.name: c for c in table.columns}
+    return {name: _decode(_encode(value), columns[name]) for name, value in row.items()}
+
+
 def _decode(value: Any, column: Column[Any]) -> Any:
     if value is None:
         return None
@@ -168,6 +174,22 @@ def advance_sequences(conn: Connection, tables: Iterable[Table]) -> None:
         highest = conn.execute(select(func.max(keys[0]))).scalar()
         if sequence and highest is not None:
             conn.execute(text("SELECT setval(:s, :v)"), {"s": sequence, "v": highest})
+
+
+def wipe(engine: Engine, keep_tables: bool) -> None:
+    """Undo a failed load into an external database: back to no tables, or to empty tables.
+
+    `keep_tables`: the database had (empty) tables before the load, so only rows go.
+    """
+    with engine.begin() as conn:
+        metadata = MetaData()
+        metadata.reflect(bind=conn)
+        if not keep_tables:
+            metadata.drop_all(bind=conn)
+            return
+        for table in reversed(metadata.sorted_tables):
+            if table.name != VERSION_TABLE:
+                conn.execute(table.delete())
 
 
 def row_counts(conn: Connection) -> dict[str, int]:

@@ -7,7 +7,8 @@ Order, so that a refusal or a failure leaves the target as it was:
 3. write the files into a staging dir beside the data dir and load the rows in one
    transaction (checksums checked again while writing: the file may change under us);
    the data dir's SQLite file, if that is the database, is built in the staging dir too;
-4. migrate to the newest schema, move the staged files into the data dir;
+4. migrate to the newest schema, move the staged files into the data dir, and move the
+   originals into the store this install's settings choose (core/backup/originals.py);
 5. verify the audit chain of the restored database, and audit the restore itself.
 A failure in 3-4 removes the staging dir and what was loaded into an external database.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import Table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +32,7 @@ from core.audit.auditor import AuditEvent, Auditor
 from core.audit.chain import ChainReport
 from core.backup import archive, database
 from core.backup.manifest import Manifest
+from core.backup.originals import Adopted, adopt_originals
 from core.config import Settings
 from core.datadir import secure_data_dir
 from core.db import dispose_engines, get_engine, upgrade_database
@@ -50,6 +52,7 @@ class RestoreReport:
     manifest: Manifest
     chain: ChainReport
     files: int = 0
+    originals: Adopted = field(default_factory=lambda: Adopted(0, 0))
     table_rows: dict[str, int] = field(default_factory=dict)
 
 
@@ -93,8 +96,11 @@ def restore_backup(settings: Settings, path: Path) -> RestoreReport:
         dispose_engines()
         shutil.rmtree(staging, ignore_errors=True)
         if target.db_in_data_dir is None:
-            _wipe(target)
+            database.wipe(get_engine(target.url), keep_tables=target.had_tables)
         raise
+    # An archive of a SQLite install restored onto PostgreSQL (or back) brings its originals
+    # in the other store: move them where this install's settings keep them.
+    report.originals = adopt_originals(settings)
     report.chain = _verify_and_audit(settings, path, manifest)
     return report
 
@@ -230,20 +236,6 @@ def _move_into_place(staging: Path, data_dir: Path) -> None:
         os.replace(entry, data_dir / entry.name)
     staging.rmdir()
     secure_data_dir(data_dir)
-
-
-def _wipe(target: _Target) -> None:
-    """Undo a failed load into an external database: back to no tables, or empty tables."""
-    engine = get_engine(target.url)
-    with engine.begin() as conn:
-        metadata = MetaData()
-        metadata.reflect(bind=conn)
-        if target.had_tables:
-            for table in reversed(metadata.sorted_tables):
-                if table.name != database.VERSION_TABLE:
-                    conn.execute(table.delete())
-        else:
-            metadata.drop_all(bind=conn)
 
 
 def _verify_and_audit(settings: Settings, path: Path, manifest: Manifest) -> ChainReport:

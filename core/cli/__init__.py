@@ -1,6 +1,7 @@
 """Console entry point `tenantllm` (see `tenantllm --help`)."""
 
 from core.cli import (  # noqa: F401  (registers commands)
+    adapters,
     ask,
     audit,
     backup,
@@ -9,6 +10,7 @@ from core.cli import (  # noqa: F401  (registers commands)
     eval,
     fairness,
     keys,
+    migrate,
     knowledge,
     retention,
     serve,
