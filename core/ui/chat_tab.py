@@ -28,6 +28,7 @@ from core.engine.model import serves_bundled_model
 from core.errors import InvalidRequest, TenantLLMError
 from core.identity import Principal
 from core.services import Services
+from core.ui.citations import build_citation_panel, wire_citations
 from core.ui.feedback import FeedbackView, build_comment_row, build_export_controls, wire_feedback
 from core.ui.render import answer_html, inline_text, sanitize_html
 from core.ui.session import shown_error, ui_call
@@ -41,7 +42,7 @@ DEMO_MODEL_NOTICE = (
     "runs on a laptop: expect short answers that are sometimes wrong. To connect a real model, "
     "set `TENANTLLM_MODEL` to its folder or Hugging Face name, or point "
     "`TENANTLLM_ENGINE_BACKEND=openai` and `TENANTLLM_ENGINE_URL` at a vLLM server "
-    "(README, \"Use a real model\")."
+    '(README, "Use a real model").'
 )
 STOPPED_NOTE = "\n\n*(stopped)*"
 IDLE_LABEL = "Assistant"
@@ -340,14 +341,16 @@ def build_chat_tab(services: Services, team: gr.Dropdown) -> None:
                 gr.Markdown(DEMO_MODEL_NOTICE, elem_id="demo-model-notice")
             chatbot, textbox, send_btn, stop_btn = _conversation()
             comments = build_comment_row()
+            citations = build_citation_panel()  # each source opens its passage
             allowance = gr.Markdown("", elem_id="chat-allowance", sanitize_html=True)
     view = ChatView(
         conversation_id, conv_list, title_box, chatbot, textbox,
         new_btn, rename_btn, delete_btn, send_btn, stop_btn, allowance,
     )  # fmt: skip
-    _wire(services, team, view)
+    answers = _wire(services, team, view)
     # After the tab's own events, so their numbers (fn_index) stay as they were.
     wire_feedback(services, team, chatbot, conversation_id, FeedbackView(*comments, *exports))
+    wire_citations(services, team, conversation_id, answers, citations)
 
 
 def _sidebar() -> tuple[gr.Button, gr.Radio, gr.Textbox, gr.Button, gr.Button]:
@@ -390,13 +393,14 @@ def _conversation() -> tuple[gr.Chatbot, gr.Textbox, gr.Button, gr.Button]:
     return chatbot, textbox, send_btn, stop_btn
 
 
-def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> None:
+def _wire(services: Services, team: gr.Dropdown, v: ChatView) -> list[Any]:
     # Handlers close over `services`; everything user-related is re-read from the request.
     # The order of the events is the order Gradio numbers them in (fn_index): keep it.
     send, stop = _answer_handlers(services)
     answers = _wire_answers(send, stop, team, v)
     _wire_conversations(services, team, v)
     _wire_allowance(services, team, v, answers)  # last: it adds events, numbered after these
+    return answers  # the two answer events, for what runs after each answer
 
 
 def _answer_handlers(

@@ -479,6 +479,50 @@ def scenario_feedback(w: World) -> None:
     assert_scoped(refused, [], [w.fin])
 
 
+def scenario_sources(api_name: str) -> Scenario:
+    """The sources of the open conversation's last answer: the team's own document only."""
+
+    def run(w: World) -> None:
+        with w.session("sales_member") as s:
+            _open_rated(s, w)
+            out = s.ok(api_name, [None, "sales"])
+        assert_scoped(out, [f"{w.sales}-a.txt"], w.foreign())
+
+    return run
+
+
+def _forged_answer(w: World) -> str:
+    """A sales member's sales conversation whose answer cites finance's document (as if a
+    stored source had been tampered with): opening it must show nothing of finance's."""
+    owner = w.users["sales_member"]
+    cited = {"document_id": w.ids["fin_doc"], "filename": "forged.txt", "location": "part 1",
+             "snippet": f"{w.fin} a notes.", "score": 1.0}  # fmt: skip
+    cid = conv.create_conversation(w.db, owner, "sales", "forged source")
+    exchange = [conv.StoredMessage("user", "notes?"),
+                conv.StoredMessage("assistant", "answer", [cited])]  # fmt: skip
+    conv.append_messages(w.db, owner, "sales", cid, exchange)
+    return cid
+
+
+def scenario_source_open(w: World) -> None:
+    with w.session("sales_member") as s:
+        _open_rated(s, w)
+        [choices] = final_data(s.ok("sources_list", [None, "sales"]))
+        choice = choices["choices"][0][1]
+        out = s.ok("source_open", [choice, None, "sales"])
+        # Asked in another team: refused before any document is looked up.
+        other_team = s.call("source_open", [choice, None, "finance"])
+        s.ok("switch", ["sales"])
+        s.ok("conversation_open", [_forged_answer(w), "sales"])
+        [forged] = final_data(s.ok("sources_list", [None, "sales"]))
+        refused = s.call("source_open", [forged["choices"][0][1], None, "sales"])
+    assert_scoped(out, [f"{w.sales} a notes", f"{w.sales}-a.txt"], w.foreign())
+    assert other_team[-1].get("success") is False, other_team[-1]
+    assert_scoped(other_team, [], w.foreign())
+    assert refused[-1].get("success") is False, refused[-1]
+    assert_scoped(refused, ["not among your team's documents"], w.foreign())
+
+
 def scenario_feedback_comment(w: World) -> None:
     with w.session("sales_member") as s:
         _open_rated(s, w)
@@ -607,6 +651,11 @@ HANDLERS: dict[str, Scenario] = {
     "chat_feedback": scenario_feedback,
     "chat_feedback_comment": scenario_feedback_comment,
     "conversation_export": scenario_export,
+    # Sources a person can check (core/ui/citations.py)
+    "sources_after_send": scenario_sources("sources_after_send"),
+    "sources_after_btn": scenario_sources("sources_after_btn"),
+    "sources_list": scenario_sources("sources_list"),
+    "source_open": scenario_source_open,
     "feedback_by_document": scenario_feedback_table("feedback_by_document"),
     "feedback_refresh": scenario_feedback_table("feedback_refresh"),
     # Documents tab (a sales member reads, a sales editor changes)
