@@ -1,4 +1,5 @@
-"""`tenantllm migrate`: a real embedded install (SQLite) onto PostgreSQL without losing a row.
+"""`tenantllm migrate`: a real embedded install (SQLite, embedded Chroma) onto PostgreSQL and
+a real Chroma server without losing a row.
 
 The migrated install, opened with build_services on the target database, must find every
 document, conversation, key and audit event with the teams still apart, and its audit chain
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import chromadb
 import pytest
 from click.testing import CliRunner
 
@@ -20,10 +22,13 @@ from core.cli import main
 from core.config import Settings, reset_settings_cache
 from core.db import dispose_engines, get_engine
 from core.errors import BackupError
+from core.knowledge.chroma_server import database_name
+from core.knowledge.vectorstore import COLLECTION_NAME
 from core.services import build_services
 from tests.audit_helpers import pg_database
+from tests.fixtures.chroma_server import ChromaServer, unique_chroma_tenant
 from tests.fixtures.common import BUNDLED_MODEL_DIR
-from tests.install_helpers import Install, check_copy, fill_install, install_settings
+from tests.install_helpers import TEAMS, Install, check_copy, fill_install, install_settings
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +50,16 @@ def _counts(url: str) -> dict[str, int]:
         return database.row_counts(conn)
 
 
-def _migrate_cli(settings: Settings, target_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def _migrate_cli(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, *args: str, chroma_tenant: str = ""
+) -> Any:
     monkeypatch.setenv("TENANTLLM_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("TENANTLLM_MODEL", str(BUNDLED_MODEL_DIR))
+    if chroma_tenant:
+        monkeypatch.setenv("TENANTLLM_CHROMA_TENANT", chroma_tenant)
     reset_settings_cache()
     try:
-        return CliRunner().invoke(main, ["migrate", "--database-url", target_url])
+        return CliRunner().invoke(main, ["migrate", *args])
     finally:
         reset_settings_cache()
 
@@ -61,7 +70,7 @@ def test_cli_migrates_sqlite_into_postgres(
     settings, install = source
     before = _counts(settings.resolved_database_url)
     with pg_database("tlm_migrate") as url:
-        done = _migrate_cli(settings, url, monkeypatch)
+        done = _migrate_cli(settings, monkeypatch, "--database-url", url)
         assert done.exit_code == 0, done.output
         assert f"copied {sum(before.values())} rows in {len(before)} tables" in done.output
         assert "audit chain ok" in done.output
@@ -118,3 +127,56 @@ def test_an_unreachable_target_is_a_clear_error(source: tuple[Settings, Install]
     url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
     with pytest.raises(BackupError, match="Cannot reach the target database"):
         migrate_install(settings, settings.model_copy(update={"database_url": url}))
+
+
+def _server_records(server: ChromaServer, chroma_tenant: str, team: str) -> list[str]:
+    """The chunk texts in a team's database on the server, read with a raw client."""
+    client = chromadb.HttpClient(
+        host="127.0.0.1", port=server.port, tenant=chroma_tenant, database=database_name(team)
+    )
+    return client.get_collection(COLLECTION_NAME).get(include=["documents"])["documents"] or []
+
+
+def test_cli_moves_the_vectors_to_a_chroma_server(
+    source: tuple[Settings, Install], chroma_server: ChromaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, install = source
+    chroma_tenant = unique_chroma_tenant()
+    with pg_database("tlm_migrate") as url:
+        done = _migrate_cli(
+            settings, monkeypatch, "--database-url", url, "--chroma-url", chroma_server.url,
+            chroma_tenant=chroma_tenant,
+        )  # fmt: skip
+        assert done.exit_code == 0, done.output
+        for team in TEAMS:
+            texts = "\n".join(_server_records(chroma_server, chroma_tenant, team))
+            assert f"team {team}: " in done.output
+            assert install.canary[team] in texts  # each team's chunks in its own database
+            assert all(install.canary[o] not in texts for o in TEAMS if o != team)
+        target = settings.model_copy(
+            update={"database_url": url, "chroma_url": chroma_server.url,
+                    "chroma_tenant": chroma_tenant}
+        )  # fmt: skip
+        check_copy(target, install)
+
+
+def test_a_chroma_server_with_the_teams_vectors_is_refused_and_nothing_kept(
+    source: tuple[Settings, Install], chroma_server: ChromaServer
+) -> None:
+    settings, _ = source
+    chroma_tenant = unique_chroma_tenant()
+    with pg_database("tlm_migrate") as first, pg_database("tlm_migrate") as second:
+        changes = {"chroma_url": chroma_server.url, "chroma_tenant": chroma_tenant}
+        report = migrate_install(
+            settings, settings.model_copy(update=changes | {"database_url": first})
+        )
+        assert sum(report.vectors.values()) > 0
+        on_server = {t: len(_server_records(chroma_server, chroma_tenant, t)) for t in TEAMS}
+        with pytest.raises(BackupError, match="already holds vectors"):
+            migrate_install(
+                settings, settings.model_copy(update=changes | {"database_url": second})
+            )
+        assert not any(_counts(second).values())  # the database copy was undone too
+        assert on_server == {
+            t: len(_server_records(chroma_server, chroma_tenant, t)) for t in TEAMS
+        }

@@ -8,7 +8,9 @@ server). Steps, in order:
    the way a backup's restore converts them, row counts compared table by table;
 2. the encrypted originals into the target's original store (the database, with PostgreSQL:
    core/backup/originals.py), so that every replica can re-index every team;
-3. the audit chain verified on the target, and the migration itself appended to it.
+3. with a Chroma server in the target settings, each team's vectors from its embedded store
+   into its own database on the server (core/backup/vectors.py);
+4. the audit chain verified on the target, and the migration itself appended to it.
 
 The source is only read, so a failed migration leaves the install as it was, and the target
 database is wiped of what was loaded: fix the cause and run it again.
@@ -28,9 +30,11 @@ from core.audit.auditor import AuditEvent, Auditor
 from core.audit.chain import ChainReport
 from core.backup import database
 from core.backup.originals import Adopted, adopt_originals
+from core.backup.vectors import copy_vectors
 from core.config import Settings
 from core.db import get_engine, upgrade_database
 from core.errors import BackupError
+from core.plugins import load_tenants
 from core.rbac import operator_principal
 
 
@@ -40,6 +44,7 @@ class MigrationReport:
 
     table_rows: dict[str, int] = field(default_factory=dict)
     originals: Adopted = field(default_factory=lambda: Adopted(0, 0))
+    vectors: dict[str, int] = field(default_factory=dict)  # per team
     chain: ChainReport | None = None
 
 
@@ -55,6 +60,7 @@ def migrate_install(source: Settings, target: Settings) -> MigrationReport:
         upgrade_database(target_url)
         report.table_rows = _copy_database(source_url, target_url)
         report.originals = adopt_originals(target)
+        report.vectors = copy_vectors(source, target, load_tenants(source))
     except BaseException:
         database.wipe(get_engine(target_url), keep_tables=keep_tables)
         raise
