@@ -10,6 +10,7 @@ aborts a request whose client went away.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -20,12 +21,15 @@ import httpx
 
 from core.config import Settings
 from core.engine.base import (
+    ChoiceOutput,
     Engine,
     EngineRequest,
     EngineStatus,
     GenerationChunk,
     GenerationParams,
     PreparedPrompt,
+    SamplingOptions,
+    TokenLogprob,
 )
 from core.errors import (
     ConfigError,
@@ -143,17 +147,13 @@ class RemoteEngine(Engine):
     ) -> AsyncGenerator[GenerationChunk, None]:
         stream = await self._client.chat.completions.create(**self._body(prompt, params, request))
         try:
-            text, finish, usage = "", None, (prompt.tokens, 0)
+            answers = _Answers(prompt.tokens)
             async for event in stream:
-                if event.usage is not None:
-                    usage = (event.usage.prompt_tokens, event.usage.completion_tokens)
-                delta = "".join(c.delta.content or "" for c in event.choices)
-                finish = next((c.finish_reason for c in event.choices if c.finish_reason), finish)
-                if delta:
-                    text += delta
-                    yield GenerationChunk(text, delta, False, None, usage[0], usage[1])
+                chunk = answers.step(event)
+                if chunk is not None:
+                    yield chunk
             # The finish reason and the final usage come in the last events: one closing chunk.
-            yield GenerationChunk(text, "", True, finish or "stop", usage[0], usage[1])
+            yield answers.closing()
         finally:
             # Closing the response tells the server the client is gone: it aborts.
             await stream.close()
@@ -181,11 +181,112 @@ class RemoteEngine(Engine):
             "top_p": params.top_p,
             "stop": list(params.stop) or None,
             "seed": params.seed,
+            **_sampling_body(params.sampling),
             "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "extra_body": extra,
             "extra_headers": {"X-Request-Id": request.request_id},
         }
+
+
+def _sampling_body(sampling: SamplingOptions) -> dict[str, Any]:
+    """The OpenAI parameters of `sampling` that differ from the server's defaults."""
+    body: dict[str, Any] = {}
+    if sampling.n != 1:
+        body["n"] = sampling.n
+    if sampling.frequency_penalty:
+        body["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.presence_penalty:
+        body["presence_penalty"] = sampling.presence_penalty
+    if sampling.logprobs:
+        body["logprobs"] = True
+        body["top_logprobs"] = sampling.top_logprobs
+    if sampling.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
+    response_format = sampling.response_format
+    if response_format is not None and response_format.type == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif response_format is not None and response_format.json_schema is not None:
+        schema = json.loads(response_format.json_schema)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": schema},
+        }
+    return body
+
+
+class _Answers:
+    """The `n` answers of one remote stream, put together from its events.
+
+    vLLM's server streams each answer's text and finish in events of their own (one choice
+    each); with `continuous_usage_stats` an event's usage counts its own answer's tokens, and
+    the final event (no choices) counts all of them.
+    """
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.text: dict[int, str] = {}
+        self.finish: dict[int, str] = {}
+        self.tokens: dict[int, int] = {}  # per answer, from the continuous usage
+        self.total: int | None = None  # all answers, from the final usage event
+
+    def step(self, event: Any) -> GenerationChunk | None:
+        """The chunk of one server event (None when it carries no new text or finish)."""
+        if event.usage is not None:
+            self.prompt_tokens = event.usage.prompt_tokens or self.prompt_tokens
+            if len(event.choices) == 1:
+                self.tokens[event.choices[0].index] = event.usage.completion_tokens
+            elif not event.choices:
+                self.total = event.usage.completion_tokens
+        choices = []
+        for choice in event.choices:
+            delta = (choice.delta.content or "") if choice.delta is not None else ""
+            text = self.text.get(choice.index, "") + delta
+            self.text[choice.index] = text
+            if choice.finish_reason:
+                self.finish[choice.index] = choice.finish_reason
+            logprobs = _token_logprobs(choice.logprobs)
+            if delta or logprobs or choice.finish_reason:
+                choices.append(
+                    ChoiceOutput(choice.index, text, delta, choice.finish_reason, logprobs)
+                )
+        if not choices:
+            return None
+        first = next((c.delta for c in choices if c.index == 0), "")
+        return GenerationChunk(
+            self.text.get(0, ""),
+            first,
+            False,
+            None,
+            self.prompt_tokens,
+            self._completion_tokens(),
+            choices=tuple(choices),
+        )
+
+    def closing(self) -> GenerationChunk:
+        """The last chunk: finished, with the final usage."""
+        reason = self.finish.get(0, "stop")
+        text = self.text.get(0, "")
+        return GenerationChunk(
+            text, "", True, reason, self.prompt_tokens, self._completion_tokens()
+        )
+
+    def _completion_tokens(self) -> int:
+        return self.total if self.total is not None else sum(self.tokens.values())
+
+
+def _token_logprobs(logprobs: Any) -> tuple[TokenLogprob, ...]:
+    """An OpenAI choice's `logprobs.content` as TokenLogprobs (none if absent)."""
+    if logprobs is None or not logprobs.content:
+        return ()
+    return tuple(
+        TokenLogprob(
+            entry.token,
+            float(entry.logprob),
+            tuple((top.token, float(top.logprob)) for top in entry.top_logprobs or ()),
+        )
+        for entry in logprobs.content
+    )
 
 
 def _gauge(metrics: str, name: str, default: int) -> int:
