@@ -174,6 +174,36 @@ class Settings(BaseSettings):
         description="Redis URL shared by every app replica: rate-limit counters, the team caps "
         "and fair-share counters, the response cache. Empty: in-process (no response cache).",
     )
+    # scale-out (issue 19): a Chroma server instead of each team's embedded store
+    chroma_url: str = Field(
+        "",
+        pattern=r"^$|^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Chroma server for every team's vectors (`http(s)://host:port`), each team "
+        "in its own database under `TENANTLLM_CHROMA_TENANT`; a tenant's `chroma_url` names "
+        "its own server. Empty: an embedded store per team under data_dir.",
+    )
+    chroma_tenant: str = Field(
+        "tenantllm",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{2,62}$",
+        description="The Chroma tenant under which the teams' databases are created (one "
+        "per tenantllm install sharing a Chroma server).",
+    )
+    chroma_token: SecretStr = Field(
+        SecretStr(""),
+        description="Token sent to the Chroma server (Chroma's token client auth, for a "
+        "server or proxy that checks one). Empty: none.",
+    )
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization",
+        description="How the Chroma token is sent: `Authorization: Bearer <token>` or "
+        "`X-Chroma-Token: <token>`.",
+    )
+    originals_store: Literal["auto", "database", "files"] = Field(
+        "auto",
+        description="Where the encrypted originals are kept: `database` (a table of the SQL "
+        "database, readable by every replica), `files` (under data_dir), `auto` (the database "
+        "when it is PostgreSQL, else files).",
+    )
     audit_prompt_text: bool = Field(
         False, description="Store prompt text in the audit log (a digest is always stored)."
     )

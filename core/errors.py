@@ -62,6 +62,14 @@ class EngineOverloaded(TenantLLMError):
     error_type = "server_error"
 
 
+class DocumentStoreUnavailable(TenantLLMError):
+    """A team's vector store (a Chroma server) does not answer; nothing was half-written."""
+
+    status = 503
+    code = "document_store_unavailable"
+    error_type = "server_error"
+
+
 class InvalidRequest(TenantLLMError):
     """A parameter is missing, of the wrong type or out of range."""
 

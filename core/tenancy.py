@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # Lowercase slug: safe as a directory name, a URL part and an OpenAI "model" name.
 TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
+#: A Chroma server address (the `chroma_url` setting's pattern, empty excluded).
+CHROMA_URL_PATTERN = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 #: Builds the tenant's vector store inside `directory` (chosen by the host, never by a user).
 StoreFactory = Callable[[str, Path], "BasePydanticVectorStore"]
@@ -160,6 +162,10 @@ class Tenant:
     lora_path: str | None = None
     retriever_factory: RetrieverFactory | None = None
     store_factory: StoreFactory | None = None
+    # scale-out (issue 19; core/knowledge/chroma_server.py): this team's own Chroma server
+    # (`http(s)://host:port`), for a separate process per team; None: the `chroma_url` setting.
+    # A `store_factory` wins over both.
+    chroma_url: str | None = None
     # retrieval (issue 18): this team's weight of BM25 in hybrid retrieval (None: the setting).
     keyword_weight: float | None = None
     # retention (issue 15, item 5; core/retention): delete conversations idle this many days,
@@ -199,6 +205,10 @@ class Tenant:
                 problems.append(f"{name} must be a number of days from 1 to 36500, or None")
         if not isinstance(self.weight, int | float) or not 0 < self.weight <= 1000:
             problems.append("weight must be above 0 and at most 1000")
+        if self.chroma_url is not None and not (
+            isinstance(self.chroma_url, str) and CHROMA_URL_PATTERN.match(self.chroma_url)
+        ):
+            problems.append("chroma_url must be an http:// or https:// address, or None")
         return problems + self._sampling_problems()
 
     def _sampling_problems(self) -> list[str]:

@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.engine",
     "tests.fixtures.oidc",
     "tests.fixtures.services",
+    "tests.fixtures.chroma_server",
     "tests.fixtures.app_server",
     "tests.fixtures.browser",
 ]

@@ -3,6 +3,8 @@
 Real Chroma, real embeddings. Each tenant's documents carry a unique canary string; for any
 question (random text, or another tenant's exact document text and canary), retrieval for a
 tenant returns only that tenant's documents, and the owner does find its own canary.
+Every check runs twice: on the embedded stores (a PersistentClient per team directory) and on
+a real Chroma server (`chroma run`, each team its own database; tests/fixtures/chroma_server.py).
 The chat engineer's tests/test_chat_isolation.py covers the prompt and the answer.
 """
 
@@ -16,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.knowledge.chroma_server import database_name
 from core.knowledge.service import KnowledgeService
 from core.knowledge.vectorstore import COLLECTION_NAME, _chroma_settings
 from core.tenancy import Tenant
+from tests.fixtures.chroma_server import unique_chroma_tenant
 from tests.knowledge_support import make_service, write
 
 TENANTS = ("sales", "development", "finance")
@@ -55,9 +59,31 @@ WORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeService:
-    return make_service(tmp_path_factory.mktemp("isolation"))
+@pytest.fixture(scope="module", params=["embedded", "chroma-server"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> KnowledgeService:
+    """The built-in teams on embedded stores, then on the run's Chroma server."""
+    folder = tmp_path_factory.mktemp("isolation")
+    if request.param == "embedded":
+        return make_service(folder)
+    server = request.getfixturevalue("chroma_server")
+    return make_service(folder, chroma_url=server.url, chroma_tenant=unique_chroma_tenant())
+
+
+def _raw_client(service: KnowledgeService, tenant: Tenant) -> chromadb.ClientAPI:
+    """A raw Chroma client where the team's vectors are: its directory, or its server database."""
+    settings = service.settings
+    if not settings.chroma_url:
+        directory = service.tenant_dir(tenant) / "chroma"
+        return chromadb.PersistentClient(path=str(directory), settings=_chroma_settings())
+    host, port = settings.chroma_url.removeprefix("http://").split(":")
+    return chromadb.HttpClient(
+        host=host,
+        port=int(port),
+        tenant=settings.chroma_tenant,
+        database=database_name(tenant.id),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +135,16 @@ def test_finance_retrieves_its_own_canary(service: KnowledgeService, finance_can
 def test_each_tenant_has_its_own_chroma_database(
     service: KnowledgeService, finance_canary: str
 ) -> None:
-    """Open every tenant's Chroma directory directly: finance vectors exist only in finance's."""
+    """Open every tenant's Chroma database directly: finance vectors exist only in finance's."""
     for tenant in service.tenants.all():
-        directory = service.tenant_dir(tenant) / "chroma"
-        client = chromadb.PersistentClient(path=str(directory), settings=_chroma_settings())
+        client = _raw_client(service, tenant)
         assert [c.name for c in client.list_collections()] == [COLLECTION_NAME]
         stored = client.get_collection(COLLECTION_NAME, embedding_function=None).get()
-        assert {m["tenant_id"] for m in stored["metadatas"]} == {tenant.id}
-        joined = "\n".join(stored["documents"])
+        assert {m["tenant_id"] for m in stored["metadatas"] or []} == {tenant.id}
+        joined = "\n".join(stored["documents"] or [])
         assert (finance_canary in joined) == (tenant.id == "finance")
+        # On the server, nothing fell back to an embedded store in the team's directory.
+        assert (service.tenant_dir(tenant) / "chroma").exists() == (not service.settings.chroma_url)
 
 
 def test_a_forged_tenant_object_gets_the_registry_tenant(

@@ -1,7 +1,8 @@
 """Each tenant's indexes, opened once and kept for the life of the process.
 
-Two per tenant, both in the tenant's own directory: its vector index (its plugin's
-`store_factory`, else core's Chroma store) and its keyword (BM25) index. Opening a vector
+Two per tenant: its vector index (its plugin's `store_factory` in the tenant's own
+directory, else its database on a Chroma server when one is configured, else core's embedded
+Chroma store in its directory) and its keyword (BM25) index, in its directory. Opening a vector
 index loads the embedding model and llama-index's defaults the first time (about 0.5 s),
 which is why `KnowledgeService.open_stores` does it at startup. A keyword index that was
 never written (a data dir from before hybrid retrieval) is built once from the tenant's
@@ -14,6 +15,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from core.knowledge.chroma_server import ChromaServers
 from core.knowledge.keyword import KeywordIndex
 from core.knowledge.tenant_files import TenantFiles
 from core.knowledge.vectorstore import chroma_store, embedding_model
@@ -21,6 +23,7 @@ from core.tenancy import Tenant
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
+    from llama_index.core.vector_stores.types import BasePydanticVectorStore
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 class TenantIndexes:
     """The open indexes of every tenant that has been used so far."""
 
-    def __init__(self, files: TenantFiles) -> None:
+    def __init__(self, files: TenantFiles, servers: ChromaServers) -> None:
         self._files = files
+        self._servers = servers
         self._open: dict[str, VectorStoreIndex] = {}
         self._keywords: dict[str, KeywordIndex] = {}
         self._lock = threading.Lock()
@@ -41,8 +45,7 @@ class TenantIndexes:
         with self._lock:
             index = self._open.get(tenant.id)
             if index is None:
-                factory = tenant.store_factory or chroma_store
-                store = factory(tenant.id, self._files.chroma_dir(tenant))
+                store = self._open_store(tenant)
                 index = VectorStoreIndex.from_vector_store(store, embed_model=embedding_model())
                 self._open[tenant.id] = index
             return index
@@ -62,6 +65,15 @@ class TenantIndexes:
                     _backfill(index, vectors)
                 self._keywords[tenant.id] = index
             return index
+
+    def _open_store(self, tenant: Tenant) -> BasePydanticVectorStore:
+        """The tenant's vector store: its plugin's, its Chroma server database, or embedded."""
+        if tenant.store_factory is not None:
+            return tenant.store_factory(tenant.id, self._files.chroma_dir(tenant))
+        url = self._servers.url_for(tenant)
+        if url:
+            return self._servers.store(tenant.id, url)
+        return chroma_store(tenant.id, self._files.chroma_dir(tenant))
 
     def opened(self) -> set[str]:
         """The ids of the tenants whose vector index is open."""

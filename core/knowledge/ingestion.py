@@ -14,6 +14,7 @@ mid-store can have what it wrote removed (`discard_partial`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -42,6 +43,7 @@ from core.tenancy import Tenant
 if TYPE_CHECKING:
     from llama_index.core.schema import BaseNode
 
+log = logging.getLogger(__name__)
 _CHROMA_BATCH = 1000  # nodes per Chroma add()
 
 
@@ -98,11 +100,34 @@ class Ingestion:
         self.remove(tenant, document_id)
         return True
 
-    def remove(self, tenant: Tenant, document_id: str) -> None:
-        """Delete a document's vectors, keyword entries and original (the row is the caller's)."""
+    def remove(self, tenant: Tenant, document_id: str, session: Session | None = None) -> None:
+        """Delete a document's vectors, keyword entries and original (the row is the caller's;
+        with `session`, a database-kept original goes with the row's commit)."""
         delete_nodes(self._indexes.get(tenant).vector_store, delete_filter(document_id))
         self._indexes.keywords(tenant).remove_document(document_id)
-        self._files.remove_original(tenant, document_id)
+        self._files.remove_original(tenant, document_id, session)
+
+    def _discard(self, tenant: Tenant, document_id: str) -> None:
+        """After a failed store: remove what was written, each part even if another fails.
+
+        The original and keyword entries always go; vectors a dead Chroma server cannot
+        delete stay as strays that no registry row vouches for (retrieval drops them, a
+        re-index clears them).
+        """
+        parts = (
+            lambda: self._files.remove_original(tenant, document_id),
+            lambda: self._indexes.keywords(tenant).remove_document(document_id),
+            lambda: delete_nodes(
+                self._indexes.get(tenant).vector_store, delete_filter(document_id)
+            ),
+        )
+        for undo in parts:
+            try:
+                undo()
+            except Exception:
+                log.warning(
+                    "could not undo part of the failed store of %s", document_id, exc_info=True
+                )
 
     def reindex(self, tenant: Tenant, infos: Sequence[DocumentInfo]) -> int:
         """Rebuild the tenant's vectors and keyword index from the originals of `infos`; chunks."""
@@ -218,8 +243,7 @@ class Ingestion:
         nodes: list[BaseNode],
         uploaded_by: str,
     ) -> IngestOutcome:
-        """Write the encrypted original, the vectors and the registry row, or none of them."""
-        self._files.write_original(tenant, document_id, checked.data)
+        """Write the vectors, then the registry row and encrypted original, or none of them."""
         store = self._indexes.get(tenant).vector_store
         try:
             # Chroma refuses batches over its max batch size (5461 on SQLite); big files
@@ -233,8 +257,10 @@ class Ingestion:
                 self._check_quota(session, tenant, checked)
                 row = _registry_row(tenant, document_id, checked, sha256, len(nodes), uploaded_by)
                 session.add(row)
+                # Last, in the row's transaction: a database-kept original commits with it.
+                self._files.write_original(tenant, document_id, checked.data, session)
         except BaseException as exc:
-            self.remove(tenant, document_id)
+            self._discard(tenant, document_id)
             if isinstance(exc, IntegrityError):  # the same content won a concurrent race
                 dup = self._find_duplicate(tenant, checked.name, sha256)
                 if dup:

@@ -20,6 +20,7 @@ from core.datadir import secure_data_dir
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound
 from core.knowledge import documents, retrieval
+from core.knowledge.chroma_server import ChromaServers, store_errors
 from core.knowledge.demo import DEMO_UPLOADER, demo_files
 from core.knowledge.documents import DocumentInfo, IngestOutcome, document_info
 from core.knowledge.indexes import TenantIndexes
@@ -51,7 +52,8 @@ class KnowledgeService:
         secure_data_dir(settings.data_dir)
         self._db_url = settings.resolved_database_url
         self._files = TenantFiles(settings, tenants)
-        self._indexes = TenantIndexes(self._files)
+        self._servers = ChromaServers(settings)
+        self._indexes = TenantIndexes(self._files, self._servers)
         self._ingestion = Ingestion(settings, self._files, self._indexes)
 
     def tenant_dir(self, tenant: Tenant) -> Path:
@@ -60,7 +62,8 @@ class KnowledgeService:
 
     def vector_store(self, tenant: Tenant) -> BasePydanticVectorStore:
         """The tenant's own vector store, as retrieval and ingestion use it (opened if needed)."""
-        return self._index(tenant).vector_store
+        with store_errors():
+            return self._index(tenant).vector_store
 
     def ingest(
         self,
@@ -77,7 +80,8 @@ class KnowledgeService:
         tenant = self.tenants.get(tenant.id)
         names = list(names) if names is not None else [Path(f).name for f in files]
         started = time.perf_counter()
-        outcomes = self._ingestion.ingest(tenant, files, names, uploaded_by, progress)
+        with store_errors():  # a Chroma server that does not answer: typed, nothing kept
+            outcomes = self._ingestion.ingest(tenant, files, names, uploaded_by, progress)
         elapsed = time.perf_counter() - started
         self.metrics.observe_indexing(tenant.id, "upload", elapsed, (o.status for o in outcomes))
         return outcomes
@@ -99,14 +103,16 @@ class KnowledgeService:
             if row is None:
                 raise NotFound(f"No document {document_id!r} in {tenant.display_name}.")
             # Vectors and file first: if this fails the row stays, and deleting can be retried.
-            self._ingestion.remove(tenant, row.id)
+            with store_errors():
+                self._ingestion.remove(tenant, row.id, session)
             session.delete(row)
 
     def reindex(self, tenant: Tenant) -> int:
         """Rebuild the tenant's vectors from its stored originals; returns the chunk count."""
         tenant = self.tenants.get(tenant.id)
         started = time.perf_counter()
-        chunks = self._ingestion.reindex(tenant, self.list_documents(tenant))
+        with store_errors():
+            chunks = self._ingestion.reindex(tenant, self.list_documents(tenant))
         self.metrics.observe_indexing(tenant.id, "reindex", time.perf_counter() - started)
         return chunks
 
@@ -128,17 +134,19 @@ class KnowledgeService:
             return []
         k = top_k or tenant.top_k or self.settings.top_k
         blend = self._blend(tenant, keyword_weight)
-        keywords = self._indexes.keywords(tenant)
         started = time.perf_counter()
-        sources = retrieval.retrieve(
-            tenant, self._index(tenant), keywords, query, k, blend, self._db_url
-        )
+        with store_errors():
+            keywords = self._indexes.keywords(tenant)
+            sources = retrieval.retrieve(
+                tenant, self._index(tenant), keywords, query, k, blend, self._db_url
+            )
         self.metrics.observe_retrieval(tenant.id, time.perf_counter() - started)
         return sources
 
     def keyword_index(self, tenant: Tenant) -> KeywordIndex:
         """The tenant's own BM25 index, as retrieval and ingestion use it (tests, bench)."""
-        return self._indexes.keywords(self.tenants.get(tenant.id))
+        with store_errors():
+            return self._indexes.keywords(self.tenants.get(tenant.id))
 
     def _blend(self, tenant: Tenant, keyword_weight: float | None) -> retrieval.Blend:
         weight = keyword_weight
