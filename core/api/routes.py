@@ -192,7 +192,7 @@ def _budget_headers(turn: ChatTurn) -> dict[str, str]:
 
     `x-tenantllm-budget-remaining-tokens` is the tightest of them; the `-team-` and `-user-`
     ones name each side. On a stream they are sent before the answer, so they count the
-    answer's whole reservation (prompt + max_tokens) as spent.
+    answer's whole reservation (prompt + n x max_tokens) as spent.
     """
     allowance = turn.allowance
     if allowance is None or not allowance.limits:
