@@ -27,7 +27,9 @@ Backend = Literal["database", "files"]
 class OriginalStore(Protocol):
     """Encrypted originals, addressed by (tenant id, document id)."""
 
-    backend: Backend
+    @property
+    def backend(self) -> Backend:
+        """Which backend this is (the backends import nothing of this module: no cycle)."""
 
     def put(self, session: Session, tenant_id: str, document_id: str, blob: bytes) -> None:
         """Store (or replace) the blob of this tenant's document."""

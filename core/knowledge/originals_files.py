@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy.orm import Session
-
-from core.knowledge.originals import Backend
 
 
 class FileOriginals:
     """Encrypted originals, one file each, in each tenant's own directory."""
 
-    backend: Backend = "files"
+    backend: Literal["files"] = "files"
 
     def __init__(self, root: Path) -> None:
         self._root = root

@@ -9,12 +9,12 @@ tenant and document), so a row read under another team's id would not decrypt ei
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import BigInteger, DateTime, LargeBinary, String, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.db import Base, utcnow
-from core.knowledge.originals import Backend
 
 
 class OriginalRow(Base):
@@ -32,7 +32,7 @@ class OriginalRow(Base):
 class SqlOriginals:
     """Encrypted originals as rows of the registry's database, in the caller's transaction."""
 
-    backend: Backend = "database"
+    backend: Literal["database"] = "database"
 
     def put(self, session: Session, tenant_id: str, document_id: str, blob: bytes) -> None:
         """Add (or replace) the row; it commits with the caller's session."""
