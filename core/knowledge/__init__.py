@@ -3,6 +3,8 @@
 - `service`: `KnowledgeService`, the face the rest of core uses (ingest, list, delete,
   re-index, retrieve); it hands each call to one of the modules below.
 - `tenant_files`: where a tenant's knowledge lives on disk, and its encrypted originals.
+- `originals`: where the encrypted originals are kept, one module per backend:
+  `originals_files` (the data dir), `originals_sql` (the SQL database, every replica).
 - `indexes`: each tenant's vector and keyword indexes, opened once per process.
 - `ingestion`: the upload path (check, de-duplicate, quota, parse, chunk, store) and re-indexing.
 - `retrieval`: a question -> the tenant's most relevant chunks, as sources (hybrid: dense and
@@ -15,6 +17,7 @@
 - `parsing`: file -> text parts, in a sandboxed worker process (time and memory limits).
 - `chunking`: parsed parts -> embedded chunks carrying our own metadata.
 - `vectorstore`: core's defaults for a tenant's vectors (embedding model, store, retriever).
+- `chroma_server`: a team's vectors on a Chroma server, in its own database there.
 
 The upload path is uploads -> parsing -> chunking -> vectorstore, driven by `ingestion`.
 This `__init__` only documents: import the submodules themselves.
