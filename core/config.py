@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "", description="Base URL of the remote OpenAI-compatible server (backend `openai`)."
     )
     engine_api_key: str = Field("", description="API key for the remote engine, if it needs one.")
+    engine_tokenizer: str = Field(
+        "",
+        description="Backend `openai`: a folder (or cached HF name) with the served model's "
+        "tokenizer, to count prompt tokens here instead of asking the server's /tokenize; it "
+        "must give the server's token ids (checked at start). Empty: the TENANTLLM_MODEL "
+        "folder when it is on this machine, else the server counts.",
+    )
     max_model_len: int = Field(2048, ge=256, description="Context length the engine serves.")
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache size in GiB (CPU engine).")
     max_num_seqs: int = Field(64, ge=1, description="Requests batched together by the engine.")

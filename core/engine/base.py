@@ -190,6 +190,9 @@ class EngineOptions:
     priority: int = 0
     lora_path: str | None = None
     bounds: SamplingBounds = field(default_factory=SamplingBounds)
+    # The turn's one tokenization (`Engine.prepare_prompt`), reused by `stream_chat` when its
+    # messages are the ones given: the remote backend may pay a round trip for it.
+    prompt: PreparedPrompt | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tenant_id, str) or not self.tenant_id:
@@ -321,9 +324,25 @@ class Engine(ABC):
         )
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """Tokens of `messages` after the model's chat template (with the generation prompt)."""
+        """Tokens of `messages` after the model's chat template (with the generation prompt).
+
+        May block (the remote backend without a local tokenizer asks its server): async code
+        awaits `prepare_prompt` instead.
+        """
         self._require_ready()
         return self._prepare(_checked_messages(messages)).tokens
+
+    async def prepare_prompt(self, messages: list[dict[str, str]]) -> PreparedPrompt:
+        """`messages` after the chat template, counted, without blocking the event loop.
+
+        A chat turn's one tokenization: pass it on as `EngineOptions.prompt`.
+        """
+        self._require_ready()
+        return await self._prepare_async(_checked_messages(messages))
+
+    async def _prepare_async(self, messages: list[dict[str, str]]) -> PreparedPrompt:
+        """`_prepare` for the event loop: a backend whose `_prepare` waits on I/O overrides it."""
+        return self._prepare(messages)
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, options: EngineOptions
@@ -333,12 +352,16 @@ class Engine(ABC):
 
         The parameters and the caps of `options` are checked here, before the engine sees
         anything, raising `PromptTooLong` / `InvalidRequest`. Closing the iterator (or
-        cancelling its task) aborts the request in the engine.
+        cancelling its task) aborts the request in the engine. `options.prompt`, prepared for
+        these very messages, is used as it is (no second tokenization).
         """
         check_params(params, options.max_output_tokens)
         check_sampling(params.sampling, options.bounds)
         self._require_ready()
-        prompt = self._prepare(_checked_messages(messages))
+        checked = _checked_messages(messages)
+        prompt = options.prompt
+        if prompt is None or prompt.messages != checked:
+            prompt = self._prepare(checked)
         # The context window bounds every request, whatever its options say.
         prompt_cap = min(options.max_prompt_tokens, self.settings.max_model_len - 1)
         if prompt.tokens > prompt_cap:
