@@ -8,8 +8,11 @@ gets NotFound and nothing of it).
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +119,45 @@ def test_highlighting_marks_the_question_words_and_escapes_the_text(tmp_path: Pa
     assert "<img" not in shown and "&lt;img src=x" in shown
     assert "<mark>Heron</mark>" in shown and "the</mark>" not in shown
     assert "<blockquote>" in shown and "a&lt;b&gt;.pdf" in shown
+
+
+# --- the real app and a real browser ---------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.engine
+def test_browser_source_opens_its_page_with_the_words_marked(
+    new_context: Any, app_server: Any, tmp_path: Path
+) -> None:
+    from tests.fixtures.browser import screenshot, sign_in
+    from tests.ui_helpers import make_user
+
+    tag = uuid.uuid4().hex[:6]
+    pages = [[f"Chapter {p}: general remarks about office life, line {i}." for i in range(12)]
+             for p in range(1, 3)]  # fmt: skip
+    pages.append([f"The {tag} pelican budget is 8 million euros for line {i}." for i in range(12)])
+    doc = write(tmp_path, f"pelican-{tag}.pdf", make_pdf(pages))
+    page = new_context().new_page()
+    sign_in(page, app_server.base_url, make_user(app_server.issuer, ["sales-editors"]))
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#docs-upload input[type=file]").set_input_files([str(doc)])
+    page.locator("#docs-upload-btn").click()
+    page.locator("#docs-table").get_by_text(doc.name).first.wait_for(timeout=300_000)
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-input textarea").fill(f"What is the {tag} pelican budget?")
+    page.locator("#chat-input textarea").press("Enter")
+    page.locator("#chatbot").get_by_text("Sources (").last.wait_for(timeout=240_000)
+    page.wait_for_function(
+        "() => document.querySelector('#chatbot [data-testid=block-label]')"
+        ".innerText.trim() === 'Assistant'",
+        timeout=240_000,
+    )
+    page.locator("#source-check").get_by_text("Check a source").click()
+    page.locator("#source-pick input").click()
+    page.get_by_role("option", name=re.compile(re.escape(doc.name) + r" · page 3")).first.click()
+    shown = page.locator("#source-passage-text")
+    shown.wait_for(timeout=60_000)
+    text = shown.inner_text()
+    assert f"{doc.name} · page 3" in text and "line 11" in text and "Chapter 1" not in text, text
+    marked = page.locator("#source-passage-text mark").all_inner_texts()
+    assert {m.lower() for m in marked} >= {tag, "pelican", "budget"}, marked
+    page.locator("#source-passage").scroll_into_view_if_needed()
+    screenshot(page, "citation-passage")

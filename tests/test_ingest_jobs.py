@@ -9,6 +9,7 @@ belong to their team only.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -220,3 +221,49 @@ def test_two_workers_never_claim_one_job(kind: str, tmp_path: Path) -> None:
     else:
         with pg_database("tlm_jobs") as url:
             claims(url)
+
+
+# --- the real app and a real browser ---------------------------------------------------------
+def _wait_text(page: Any, selector: str, text: str, timeout: int = 300_000) -> str:
+    page.wait_for_function(
+        "([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+    return str(page.locator(selector).inner_text())
+
+
+@pytest.mark.browser
+@pytest.mark.engine
+def test_browser_upload_shows_progress_that_survives_a_reload(
+    new_context: Any, app_server: Any, tmp_path: Path
+) -> None:
+    from tests.fixtures.browser import screenshot, sign_in
+    from tests.ui_helpers import make_user
+
+    tag = uuid.uuid4().hex[:6]
+    lines = [[f"{tag} handbook page {p} line {i}: expenses over {i * 7} euros need a receipt."
+              for i in range(40)] for p in range(80)]  # fmt: skip
+    big = write(tmp_path, f"handbook-{tag}.pdf", make_pdf(lines))
+    bad = write(tmp_path, f"scan-{tag}.pdf", b"not a pdf at all")
+    page = new_context().new_page()
+    sign_in(page, app_server.base_url, make_user(app_server.issuer, ["sales-editors"]))
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#docs-upload input[type=file]").set_input_files([str(big), str(bad)])
+    page.locator("#docs-upload-btn").click()
+    # The upload returns at once with the batch's progress: file k of n, the file's step.
+    shown = _wait_text(page, "#docs-progress", "Indexing file 1 of 2", 120_000)
+    assert big.name in shown, shown
+    refused = _wait_text(page, "#docs-outcomes", bad.name, 60_000)
+    assert "the content is not a PDF" in refused, refused
+    screenshot(page, "ingest-progress")
+    # A reload keeps the jobs (they are SQL rows): the batch is listed again, then indexed.
+    page.reload()
+    page.locator("#tl-user").wait_for(timeout=120_000)
+    page.get_by_role("tab", name="Documents").click()
+    _wait_text(page, "#docs-outcomes", big.name, 120_000)
+    _wait_text(page, "#docs-table", big.name)
+    done = page.locator("#docs-outcomes").inner_text()
+    assert "ready for answers" in done and "the content is not a PDF" in done, done
+    page.wait_for_function("() => !document.querySelector('#docs-progress-line')")
+    screenshot(page, "ingest-done")
