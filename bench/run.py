@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, str] = {
     "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
     "budgets": "bench.budget_overhead",
+    "gateway": "bench.gateway_overhead",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
 }
