@@ -17,13 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import chromadb
+import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
 from sqlalchemy import select
 
 from core.config import Settings
 from core.db import session_scope, upgrade_database, utcnow
-from core.errors import DocumentStoreUnavailable, IngestionError, NotFound
+from core.errors import ConfigError, DocumentStoreUnavailable, IngestionError, NotFound
 from core.knowledge.chroma_server import database_name
 from core.knowledge.originals_sql import OriginalRow
 from core.knowledge.service import KnowledgeService
@@ -266,3 +267,32 @@ def test_a_tenant_chroma_url_must_be_an_http_address() -> None:
     for bad in ("chroma.internal:8000", "file:///etc/passwd", "http://", ""):
         assert any("chroma_url" in p for p in replace(base, chroma_url=bad).problems()), bad
     assert isinstance(base, Tenant)
+
+
+def test_a_database_holding_another_teams_collection_is_refused(
+    chroma_server: ChromaServer, tmp_path: Path
+) -> None:
+    """Sales' database made by hand with finance's collection in it: sales never uses it."""
+    chroma_tenant = unique_chroma_tenant()
+    admin = chromadb.AdminClient(
+        ChromaSettings(
+            chroma_api_impl="chromadb.api.fastapi.FastAPI",
+            chroma_server_host="127.0.0.1",
+            chroma_server_http_port=chroma_server.port,
+        )
+    )
+    admin.create_tenant(chroma_tenant)
+    admin.create_database(database_name("sales"), tenant=chroma_tenant)
+    client = chromadb.HttpClient(
+        host="127.0.0.1",
+        port=chroma_server.port,
+        tenant=chroma_tenant,
+        database=database_name("sales"),
+    )
+    planted = client.create_collection(
+        COLLECTION_NAME, embedding_function=None, metadata={"tenant_id": "finance"}
+    )
+    planted.add(ids=["x"], embeddings=np.zeros((1, 384), dtype=np.float32), documents=["stray"])
+    service = make_service(tmp_path, chroma_url=chroma_server.url, chroma_tenant=chroma_tenant)
+    with pytest.raises(ConfigError, match="refusing"):
+        service.retrieve(service.tenants.get("sales"), "stray")
