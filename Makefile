@@ -47,7 +47,7 @@ dist: setup
 bench: setup
 	$(BIN)/python -m bench.run
 
-setup: $(STAMPS)/deps $(STAMPS)/model $(STAMPS)/cpu-libs-$(ENGINE)
+setup: $(STAMPS)/deps $(STAMPS)/model $(STAMPS)/embeddings $(STAMPS)/cpu-libs-$(ENGINE)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -76,6 +76,11 @@ $(STAMPS)/deps: pyproject.toml $(STAMPS)/engine-$(ENGINE)
 # The bundled model is converted once (atomically) into data/models/.
 $(STAMPS)/model: $(STAMPS)/deps core/engine/model.py
 	$(BIN)/python -m core.engine.model --data-dir data
+	touch $@
+
+# The embedding model is exported once (atomically, checked against torch) to ONNX in data/models/.
+$(STAMPS)/embeddings: $(STAMPS)/deps core/knowledge/embedding_export.py
+	$(BIN)/python -m core.knowledge.embedding_export --data-dir data
 	touch $@
 
 # vLLM's CPU backend wants tcmalloc and Intel OpenMP preloaded (`tenantllm serve` does it):
