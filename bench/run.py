@@ -56,6 +56,7 @@ BENCHMARKS: dict[str, str] = {
 }
 ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets"}
 
+    "embeddings": "bench.embedding_bench",
 
 _ENV_AT_START: dict[str, str] = {}
 
