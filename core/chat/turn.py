@@ -30,6 +30,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, cast
 
+from core.adapters.registry import active_adapter_path
 from core.audit.auditor import AuditEvent
 from core.budgets.allowance import Allowance
 from core.budgets.store import Reservation
@@ -291,6 +292,7 @@ async def _prepare_turn(
     options = EngineOptions.for_tenant(
         services.settings, tenant, user_id=principal.subject, request_id=audit.request_id
     )
+    options = await _with_team_adapter(services, tenant.id, options)
     params = generation_params(
         request,
         default_max_tokens=services.settings.default_max_tokens,
@@ -421,3 +423,15 @@ def _apply_prompt_checks(
     audit.flags.extend(flags)
     check_prompt(user_text, tenant.id, others, block=block)
     return draft.messages
+
+async def _with_team_adapter(
+    services: Services, tenant_id: str, options: EngineOptions
+) -> EngineOptions:
+    """The options with the team's active adapter (`tenantllm adapters activate`), which
+    takes the place of a plugin's static `lora_path`; unchanged while LoRA is off (the engine
+    would ignore an adapter, so the database is not asked)."""
+    if not services.settings.enable_lora:
+        return options
+    url = services.settings.resolved_database_url
+    path = await asyncio.to_thread(active_adapter_path, url, tenant_id)
+    return options if path is None else replace(options, lora_path=path)
