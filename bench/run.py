@@ -50,11 +50,15 @@ BENCHMARKS: dict[str, str] = {
     "prefix": "bench.prefix_cache",
     "scaling": "bench.scaling",
     "budgets": "bench.budget_overhead",
+    "response_cache": "bench.response_cache",
     "gateway": "bench.gateway_overhead",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
 }
-ENGINE_BENCHMARKS = {"overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets"}
+ENGINE_BENCHMARKS = {
+    "overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets",
+    "response_cache",
+}  # fmt: skip
 
     "embeddings": "bench.embedding_bench",
 

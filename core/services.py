@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
+
 from core.audit.auditor import Auditor
 from core.auth.group_mapping import GroupMapping
 from core.budgets.store import BudgetStore
@@ -41,6 +43,8 @@ class Services:
     siem: SiemRunner  # audit rows to the SIEM sinks, and the alert rules
     ingest_jobs: IngestJobs  # uploads indexed in the background, one job per file
     engine: Engine | None = None
+    # The response cache's Redis (core/chat/response_cache.py); None without TENANTLLM_REDIS_URL.
+    redis: aioredis.Redis | None = None
 
 
 def build_services(
@@ -80,9 +84,20 @@ def build_services(
         siem=SiemRunner(settings),
         ingest_jobs=IngestJobs(settings, knowledge, auditor),
         engine=engine,
+        redis=_redis_client(settings),
     )
     _watch_live_values(services)
     return services
+
+
+def _redis_client(settings: Settings) -> aioredis.Redis | None:
+    """An async client of `TENANTLLM_REDIS_URL` (connects on first use), or None."""
+    if not settings.redis_url:
+        return None
+    # Short timeouts: a Redis that does not answer is a cache miss, not a stuck turn.
+    return aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
 
 
 def _watch_live_values(services: Services) -> None:

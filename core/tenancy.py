@@ -173,6 +173,11 @@ class Tenant:
     # may override either (`tenantllm retention set`).
     retention_conversation_days: int | None = None
     retention_prompt_text_days: int | None = None
+    # response cache (issue 19; core/chat/response_cache.py): reuse this team's answers to
+    # deterministic requests (temperature 0) for this many seconds, in Redis; 0 (default): off.
+    # Teammates then share answers, so one can tell by the speed that an identical prompt was
+    # asked in the team within that time (as with TENANTLLM_PREFIX_CACHE_SCOPE=tenant).
+    response_cache_seconds: int = 0
     # OpenAI sampling bounds (issue 16; core/engine/base.py `check_sampling`): the most answers
     # per request (`n`), alternatives per token (`top_logprobs`), `logit_bias` entries and
     # characters of a `response_format` JSON schema (0 refuses JSON schemas) this team may ask.
@@ -205,6 +210,9 @@ class Tenant:
                 problems.append(f"{name} must be a number of days from 1 to 36500, or None")
         if not isinstance(self.weight, int | float) or not 0 < self.weight <= 1000:
             problems.append("weight must be above 0 and at most 1000")
+        cache = self.response_cache_seconds
+        if isinstance(cache, bool) or not isinstance(cache, int) or not 0 <= cache <= 604800:
+            problems.append("response_cache_seconds must be a whole number from 0 to 604800")
         if self.chroma_url is not None and not (
             isinstance(self.chroma_url, str) and CHROMA_URL_PATTERN.match(self.chroma_url)
         ):

@@ -14,6 +14,10 @@ use (prompt + max_tokens) on the team's and the member's budgets, or refuses it 
 reservation is replaced by what the engine counted (prompt + completion tokens; nothing if no
 token came back); a turn never streamed gives it back.
 
+Response cache (core/chat/response_cache.py): for a team that keeps answers, a deterministic
+turn's entry is read before it waits for the engine; a hit is streamed as one chunk, without
+the scheduler or the engine, and audited `ok` with the flag `cache_hit` and no tokens.
+
 The tenant always comes from the server-side registry; client-supplied history is untrusted
 text: only user/assistant turns survive, length-capped, and it never reaches retrieval.
 """
@@ -37,6 +41,7 @@ from core.budgets.store import Reservation
 from core.chat.injection import check_prompt, detect_injection
 from core.chat.prompt import clean_question, fit_prompt, generation_params, sanitize_history
 from core.chat.request import ChatRequest
+from core.chat.response_cache import CACHE_HIT_FLAG, ResponseCache
 from core.engine.base import (
     EngineOptions,
     GenerationChunk,
@@ -148,6 +153,7 @@ class ChatTurn:
         options: EngineOptions,
         audit: _AuditContext,
         reservation: Reservation | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.services = services
         self.tenant = tenant
@@ -161,6 +167,7 @@ class ChatTurn:
         self._streamed = False
         self._generated = False  # a token came back from the engine
         self._reservation = reservation
+        self.cache = cache  # the turn's response-cache entry (None: not cached)
         # What is left of the budgets that apply (None: none does): after reserving this
         # turn's most, then, once the stream ended, after settling what it used.
         self.allowance: Allowance | None = reservation.allowance if reservation else None
@@ -215,6 +222,12 @@ class ChatTurn:
     async def _generate(self, engine: Engine) -> AsyncGenerator[GenerationChunk, None]:
         """Wait for the team's place in the engine (fair share), then stream from it."""
         metrics = self.services.metrics
+        if self.cache is not None and (hit := await self.cache.get()) is not None:
+            # The engine does nothing for a hit: audited as such, no tokens for usage or budgets.
+            self._audit.flags.append(CACHE_HIT_FLAG)
+            self._audit.tokens_in = 0
+            yield hit.chunk()
+            return
         async with self.services.scheduler.place(self.tenant.id, self.prompt_tokens) as place:
             metrics.observe_queue_wait(self.tenant.id, place.waited)
             generating = time.monotonic()
@@ -230,6 +243,8 @@ class ChatTurn:
                     self._audit.tokens_in = chunk.prompt_tokens or self._audit.tokens_in
                     self._audit.tokens_out = chunk.completion_tokens
                     place.generated(chunk.completion_tokens)
+                    if chunk.finished and self.cache is not None:
+                        await self.cache.put(chunk)  # before the caller may close the stream
                     yield chunk
             metrics.observe_generation(self.tenant.id, time.monotonic() - generating)
 
@@ -313,8 +328,17 @@ async def _prepare_turn(
     options = replace(options, prompt=prompt)  # the engine does not tokenize it again
     # Every one of the n answers may use max_tokens: the most the turn can use is all of them.
     most = tokens + params.sampling.n * params.max_tokens
+    cache = await ResponseCache.for_turn(
+        services.redis,
+        tenant,
+        messages,
+        params,
+        options,
+        model=f"{engine.backend}:{services.settings.model}",
+        database_url=services.settings.resolved_database_url,
+    )
     held = await _reserve_budget(services, principal, tenant, most, audit)
-    return ChatTurn(services, tenant, list(sources), messages, params, options, audit, held)
+    return ChatTurn(services, tenant, list(sources), messages, params, options, audit, held, cache)
 
 
 class _Uncounted(Exception):

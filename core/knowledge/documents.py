@@ -7,6 +7,7 @@ them. Every query here takes the tenant id: there is no lookup by document id al
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -75,6 +76,24 @@ def registered_ids(session: Session, tenant_id: str, document_ids: set[str]) -> 
         DocumentRow.tenant_id == tenant_id, DocumentRow.id.in_(sorted(document_ids))
     )
     return set(session.scalars(stmt))
+
+
+def document_set_version(session: Session, tenant_id: str) -> str:
+    """A version of this tenant's document set: changes with every upload and every delete.
+
+    A digest of the registered ids and contents, not a stored counter: a row is what makes a
+    document visible to retrieval (core/knowledge/retrieval.py), so the version cannot drift
+    from what retrieval sees, on any replica. The response cache keys on it.
+    """
+    stmt = (
+        select(DocumentRow.id, DocumentRow.sha256)
+        .where(DocumentRow.tenant_id == tenant_id)
+        .order_by(DocumentRow.id)
+    )
+    digest = hashlib.sha256(tenant_id.encode())
+    for document_id, sha256 in session.execute(stmt):
+        digest.update(f"\n{document_id}:{sha256}".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
