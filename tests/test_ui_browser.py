@@ -182,9 +182,10 @@ def test_upload_batch_outcomes_then_used_in_sources(new_context, app_server) -> 
     rows_js = (
         "() => [...document.querySelectorAll('#docs-outcomes tbody tr')].map(r => r.textContent)"
     )
+    # Indexed in the background: the results follow the jobs until the good file is indexed.
     page.wait_for_function(
         f"([g, b]) => {{ const r = ({rows_js})().join(' ');"
-        " return r.includes(g) && r.includes(b); }",
+        " return r.includes(g + 'indexed') && r.includes(b); }",
         arg=[good.name, bad.name],
         timeout=ANSWER_TIMEOUT,
     )

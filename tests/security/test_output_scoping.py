@@ -512,11 +512,13 @@ def scenario_source_open(w: World) -> None:
         out = s.ok("source_open", [choice, None, "sales"])
         # Asked in another team: refused before any document is looked up.
         other_team = s.call("source_open", [choice, None, "finance"])
-        s.ok("switch", ["sales"])
-        s.ok("conversation_open", [_forged_answer(w), "sales"])
+        forged_id = _forged_answer(w)
+        s.ok("switch", ["sales"])  # lists it among this session's conversations
+        s.ok("conversation_open", [forged_id, "sales"])
         [forged] = final_data(s.ok("sources_list", [None, "sales"]))
         refused = s.call("source_open", [forged["choices"][0][1], None, "sales"])
-    assert_scoped(out, [f"{w.sales} a notes", f"{w.sales}-a.txt"], w.foreign())
+    # The passage of the cited chunk, the question's word (the canary) highlighted.
+    assert_scoped(out, [f"<mark>{w.sales}</mark> a notes", f"{w.sales}-a.txt"], w.foreign())
     assert other_team[-1].get("success") is False, other_team[-1]
     assert_scoped(other_team, [], w.foreign())
     assert refused[-1].get("success") is False, refused[-1]
