@@ -52,15 +52,17 @@ BENCHMARKS: dict[str, str] = {
     "budgets": "bench.budget_overhead",
     "response_cache": "bench.response_cache",
     "gateway": "bench.gateway_overhead",
+    "answers": "bench.answer_quality",
+    "cpu_allocator": "bench.cpu_allocator",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
+    "embeddings": "bench.embedding_bench",
 }
 ENGINE_BENCHMARKS = {
-    "overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets",
+    "overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets", "answers",
     "response_cache",
 }  # fmt: skip
 
-    "embeddings": "bench.embedding_bench",
 
 _ENV_AT_START: dict[str, str] = {}
 

@@ -448,6 +448,7 @@ def _apply_prompt_checks(
     check_prompt(user_text, tenant.id, others, block=block)
     return draft.messages
 
+
 async def _with_team_adapter(
     services: Services, tenant_id: str, options: EngineOptions
 ) -> EngineOptions:

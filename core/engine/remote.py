@@ -58,7 +58,6 @@ TOKENIZER_PROBE = [
     {"role": "user", "content": "And the question."},
 ]
 
-
 START_TIMEOUT_S = 120.0  # the server may still be loading its model when we start
 REQUEST_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 120.0  # longest silence between two streamed events (queueing included)
