@@ -10,9 +10,12 @@ Gradio's temp dir is moved under it, since its default (`/tmp/gradio`) is world-
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -73,3 +76,18 @@ def prepare_private_data_dir(data_dir: Path) -> None:
     """What `tenantllm serve` does before building the app: a private data dir and temp dir."""
     secure_data_dir(data_dir)
     use_private_gradio_temp(data_dir)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` held for the block (released if the process dies).
+
+    What the one-time model conversions under data/models/ hold, so that two processes
+    starting at once convert once.
+    """
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -28,7 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Column, MetaData, Table, create_engine, func, select, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 
 from core.db import MIGRATIONS_DIR
 
@@ -82,12 +82,17 @@ def open_for_dump(url: str) -> Engine:
     return create_engine(url, isolation_level="REPEATABLE READ")
 
 
+def read_rows(conn: Connection, table: Table) -> Iterator[RowMapping]:
+    """`table`'s rows in primary-key order, fetched in batches."""
+    order = list(table.primary_key.columns) or list(table.columns)
+    result = conn.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(*order))
+    yield from result.mappings()
+
+
 def dump_table(conn: Connection, table: Table, out: IO[bytes]) -> int:
     """Write `table`'s rows as JSON lines (primary-key order); returns the row count."""
-    order = list(table.primary_key.columns) or list(table.columns)
     rows = 0
-    result = conn.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(*order))
-    for row in result.mappings():
+    for row in read_rows(conn, table):
         line = {name: _encode(value) for name, value in row.items()}
         out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
         rows += 1

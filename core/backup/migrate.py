@@ -18,24 +18,20 @@ database is wiped of what was loaded: fix the cause and run it again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.audit.auditor import AuditEvent, Auditor
 from core.audit.chain import ChainReport
 from core.backup import database
+from core.backup.chain import verify_and_record
 from core.backup.originals import Adopted, adopt_originals
 from core.backup.vectors import copy_vectors
 from core.config import Settings
 from core.db import get_engine, upgrade_database
 from core.errors import BackupError
 from core.plugins import load_tenants
-from core.rbac import operator_principal
 
 
 @dataclass
@@ -51,7 +47,7 @@ class MigrationReport:
 def migrate_install(source: Settings, target: Settings) -> MigrationReport:
     """Copy the install `source` describes onto the services `target` describes."""
     source_url, target_url = source.resolved_database_url, target.resolved_database_url
-    if _same_database(source_url, target_url):
+    if make_url(source_url) == make_url(target_url):
         raise BackupError("The target database is the install's own database: nothing to do.")
     upgrade_database(source_url)  # both sides at the newest schema: the tables match
     keep_tables = _require_empty(target_url)
@@ -64,14 +60,9 @@ def migrate_install(source: Settings, target: Settings) -> MigrationReport:
     except BaseException:
         database.wipe(get_engine(target_url), keep_tables=keep_tables)
         raise
-    report.chain = _verify_and_audit(target, source_url)
+    detail = f"cli migrate from {make_url(source_url).get_backend_name()}"
+    report.chain = verify_and_record(target, "install_migrate", detail)
     return report
-
-
-def _same_database(a: str, b: str) -> bool:
-    return make_url(a).render_as_string(hide_password=True) == make_url(b).render_as_string(
-        hide_password=True
-    )
 
 
 def _require_empty(url: str) -> bool:
@@ -102,7 +93,9 @@ def _copy_database(source_url: str, target_url: str) -> dict[str, int]:
                 into = tables.get(table.name)
                 if into is None:
                     raise BackupError(f"The target schema lacks table {table.name!r}.")
-                copied[table.name] = database.insert_rows(dst, into, _rows(src, table, into))
+                rows = database.read_rows(src, table)
+                converted = (database.convert_row(into, dict(row)) for row in rows)
+                copied[table.name] = database.insert_rows(dst, into, converted)
             database.advance_sequences(dst, tables.values())
             _check_counts(dst, copied)
     finally:
@@ -110,39 +103,8 @@ def _copy_database(source_url: str, target_url: str) -> dict[str, int]:
     return copied
 
 
-def _rows(src: Connection, table: Table, into: Table) -> Iterator[dict[str, Any]]:
-    """The source rows of `table`, converted to what the target's columns take."""
-    order = list(table.primary_key.columns) or list(table.columns)
-    result = src.execution_options(yield_per=database.BATCH_ROWS).execute(
-        select(table).order_by(*order)
-    )
-    for row in result.mappings():
-        yield database.convert_row(into, dict(row))
-
-
 def _check_counts(dst: Connection, copied: dict[str, int]) -> None:
     landed = database.row_counts(dst)
     differ = sorted(name for name, rows in copied.items() if landed.get(name) != rows)
     if differ:
         raise BackupError(f"Row counts differ after the copy ({', '.join(differ)}): undone.")
-
-
-def _verify_and_audit(target: Settings, source_url: str) -> ChainReport:
-    """Check the copied chain, then append the migration itself to it."""
-    auditor = Auditor(target)
-    try:
-        chain = auditor.verify()
-        shown = make_url(source_url).get_backend_name()
-        auditor.record(
-            AuditEvent.from_request(
-                None,
-                action="install_migrate",
-                outcome="ok" if chain.ok else "error",
-                principal=operator_principal(),
-                status=200 if chain.ok else 500,
-                detail=f"cli migrate from {shown}: {chain.message}"[:500],
-            )
-        )
-    finally:
-        auditor.close()
-    return chain

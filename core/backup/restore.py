@@ -28,16 +28,15 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.audit.auditor import AuditEvent, Auditor
 from core.audit.chain import ChainReport
 from core.backup import archive, database
+from core.backup.chain import verify_and_record
 from core.backup.manifest import Manifest
 from core.backup.originals import Adopted, adopt_originals
 from core.config import Settings
 from core.datadir import secure_data_dir
 from core.db import dispose_engines, get_engine, upgrade_database
 from core.errors import BackupError
-from core.rbac import operator_principal
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hash
@@ -101,7 +100,8 @@ def restore_backup(settings: Settings, path: Path) -> RestoreReport:
     # An archive of a SQLite install restored onto PostgreSQL (or back) brings its originals
     # in the other store: move them where this install's settings keep them.
     report.originals = adopt_originals(settings)
-    report.chain = _verify_and_audit(settings, path, manifest)
+    detail = f"cli restore {path.name} (created {manifest.created_at})"
+    report.chain = verify_and_record(settings, "backup_restore", detail)
     return report
 
 
@@ -236,23 +236,3 @@ def _move_into_place(staging: Path, data_dir: Path) -> None:
         os.replace(entry, data_dir / entry.name)
     staging.rmdir()
     secure_data_dir(data_dir)
-
-
-def _verify_and_audit(settings: Settings, path: Path, manifest: Manifest) -> ChainReport:
-    """Check the restored chain, then append the restore itself to it."""
-    auditor = Auditor(settings)
-    try:
-        chain = auditor.verify()
-        auditor.record(
-            AuditEvent.from_request(
-                None,
-                action="backup_restore",
-                outcome="ok" if chain.ok else "error",
-                principal=operator_principal(),
-                status=200 if chain.ok else 500,
-                detail=f"cli restore {path.name} (created {manifest.created_at}): {chain.message}",
-            )
-        )
-    finally:
-        auditor.close()
-    return chain

@@ -51,8 +51,8 @@ def copy_vectors(source: Settings, target: Settings, tenants: TenantRegistry) ->
         for tenant, _ in plan:
             copied[tenant.id] = _copy_team(files.chroma_dir(tenant), targets[tenant.id], tenant)
     except BaseException:
-        for team in copied.keys() | {tenant.id for tenant, _ in plan}:
-            _empty(targets[team])
+        for collection in targets.values():
+            _empty(collection)
         raise
     return copied
 

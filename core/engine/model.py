@@ -11,19 +11,17 @@ that a crash mid-way never leaves a half folder and two processes never convert 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings
+from core.datadir import exclusive_lock
 from core.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ def ensure_bundled_model(data_dir: Path) -> Path:
     if _problem(target) is None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{BUNDLED_NAME}.lock"):
+    with exclusive_lock(target.parent / f".{BUNDLED_NAME}.lock"):
         # Another process may have finished the conversion while we waited for the lock.
         if _problem(target) is None:
             return target
@@ -174,17 +172,6 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     config.pop("quantization_config", None)
     config["rope_theta"] = ROPE_THETA
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held for the block (released if the process dies)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> None:

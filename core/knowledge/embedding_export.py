@@ -16,18 +16,16 @@ dynamo) plus onnxruntime need nothing else.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib.metadata
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.datadir import exclusive_lock
 from core.errors import ModelError
 from core.knowledge.embeddings import EMBEDDING_MODEL_DIR
 from core.knowledge.onnx_embedding import (
@@ -67,7 +65,7 @@ def ensure_onnx_export(data_dir: Path) -> Path:
     if onnx_export_problem(target) is None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{target.name}.lock"):
+    with exclusive_lock(target.parent / f".{target.name}.lock"):
         if onnx_export_problem(target) is None:  # another process finished while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -153,17 +151,6 @@ def _check(folder: Path) -> float:
             f"(cosine {cosine:.5f} < {MIN_COSINE}); it was not kept."
         )
     return round(cosine, 6)
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held for the block (released if the process dies)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> None:
