@@ -779,6 +779,7 @@ CLI_NO_ROWS = {
     # that teams stay apart after a restore is tests/test_backup.py's _check_restored.
     "backup": "row and file counts of the archive it wrote",
     "restore": "row and file counts, the chain verdict",
+    "migrate": "row counts, originals, vectors per team: test_cli_migrates_sqlite_into_postgres",
     "db upgrade": "migrates the schema",
     "tenants": "the team registry (no team's data)",
     "ingest": "outcomes of the files it was given",
@@ -802,6 +803,12 @@ CLI_NO_ROWS = {
     "retention set": "the policy it set (configuration, no team's rows)",
     "retention show": "policies per team: configuration, no team's rows",
     "retention run": "counts of what it removed, per team with a policy",
+    # A team's adapters (versions, never training data); the world has none, so the cross-team
+    # check is tests/test_adapters.py's test_another_team_can_neither_see_nor_touch_the_adapter.
+    "adapters train": "the version it trained for --tenant",
+    "adapters list": "--tenant's versions only: test_another_team_can_neither_see_nor_touch_...",
+    "adapters activate": "the version it activated (another team's number is refused)",
+    "adapters remove": "the version it removed (another team's number is refused)",
 }
 
 
