@@ -186,7 +186,7 @@ def build_documents_tab(services: Services, team: gr.Dropdown) -> DocumentsView:
         )
     # Ticks only while a job of the team is queued or running (core/ui/jobs_panel.py).
     timer = gr.Timer(jobs_panel.TICK_SECONDS, active=False)
-    finished = gr.State(0)  # jobs finished at the last tick: the list is re-read when it grows
+    finished = gr.State("")  # jobs ended at the last tick: the list is re-read when one more has
     table = gr.Dataframe(
         headers=DOC_COLUMNS,
         label="Team documents",
@@ -216,7 +216,7 @@ def _wire(services: Services, team: gr.Dropdown, v: DocumentsView) -> None:
     def do_upload(files: list[str] | None, team_id: str | None, request: gr.Request) -> Any:
         return upload(services, files, team_id, request)
 
-    def poll(team_id: str | None, seen: int, request: gr.Request) -> tuple[Any, ...]:
+    def poll(team_id: str | None, seen: str, request: gr.Request) -> tuple[Any, ...]:
         *shown, finished, changed = jobs_panel.tick(services, team_id, seen, request)
         if not changed:
             return (*shown, finished, gr.skip(), gr.skip())

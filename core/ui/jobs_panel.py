@@ -93,17 +93,26 @@ def job_updates(jobs: Sequence[JobInfo]) -> tuple[Any, Any, Any]:
     return outcome_table(jobs), progress_html(jobs), gr.Timer(active=active)
 
 
+def finished_ids(jobs: Sequence[JobInfo]) -> str:
+    """The shown jobs that have ended, as one value a `gr.State` can hold between ticks.
+
+    A set, not a count: only the newest `_SHOWN_JOBS` are listed, so when a job ends as another
+    is queued and the oldest drops off, as many shown jobs have ended as before.
+    """
+    return ",".join(sorted(j.id for j in jobs if not j.active))
+
+
 def tick(
-    services: Services, team: str | None, finished_before: int, request: gr.Request | None
+    services: Services, team: str | None, finished_before: str, request: gr.Request | None
 ) -> tuple[Any, ...]:
     """One poll: the team's jobs, and whether the document list must be re-read.
 
-    Returns (results, progress, timer, finished count, list changed: bool).
+    Returns (results, progress, timer, finished jobs, list changed: bool).
     """
     with ui_call(services, request) as call:
         if not team:
-            return (pd.DataFrame([], columns=OUTCOME_COLUMNS), "", gr.Timer(active=False), 0,
+            return (pd.DataFrame([], columns=OUTCOME_COLUMNS), "", gr.Timer(active=False), "",
                     False)  # fmt: skip
         jobs = team_jobs(call, team)
-    finished = sum(1 for j in jobs if not j.active)
+    finished = finished_ids(jobs)
     return (*job_updates(jobs), finished, finished != finished_before)

@@ -305,8 +305,8 @@ def scenario_upload(w: World) -> None:
 def scenario_jobs_tick(w: World) -> None:
     """The indexing progress poll: the team's own upload jobs; another team's is refused."""
     with w.session("sales_member") as s:
-        own = s.ok("docs_jobs_tick", ["sales", 0])
-        refused = s.call("docs_jobs_tick", ["finance", 0])
+        own = s.ok("docs_jobs_tick", ["sales", ""])
+        refused = s.call("docs_jobs_tick", ["finance", ""])
     assert_scoped(own, [f"{w.sales}-a.txt", "ready for answers"], w.foreign())
     assert refused[-1].get("success") is False, refused[-1]
     assert_scoped(refused, [], [*w.foreign(), "ready for answers"])

@@ -140,7 +140,11 @@ def test_typed_question_document_and_file_name_fetch_nothing(new_context, app_se
     page.get_by_role("tab", name="Documents").click()
     page.locator("#docs-upload input[type=file]").set_input_files([str(doc)])
     page.locator("#docs-upload-btn").click()
-    page.locator("#docs-table").get_by_text(tag).first.wait_for(timeout=ANSWER_TIMEOUT)
+    page.wait_for_function(  # indexed in the background; the list shows it once it is
+        "t => document.querySelector('#docs-table').innerText.includes(t)",
+        arg=tag,
+        timeout=ANSWER_TIMEOUT,
+    )
     page.get_by_role("tab", name="Chat").click()
     # Worded like the document's first line, so that it ranks first among this team's
     # documents whatever earlier tests of the run uploaded (retrieval is by embedding alone).
