@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         "must give the server's token ids (checked at start). Empty: the TENANTLLM_MODEL "
         "folder when it is on this machine, else the server counts.",
     )
+    engine_seeded_sampling: bool = Field(
+        False,
+        description="Backend `openai`: pass a request's `seed` to the server. Turn it on only "
+        "for a vLLM server on a GPU: on the CPU, a seeded request whose prompt is prefilled in "
+        "chunks stops the server's engine (vLLM rewinds the sampler with CUDA-only calls). "
+        "The in-process engine decides by itself: seeds are honoured on a GPU only.",
+    )
     max_model_len: int = Field(2048, ge=256, description="Context length the engine serves.")
     kv_cache_gib: int = Field(1, ge=1, description="KV-cache size in GiB (CPU engine).")
     max_num_seqs: int = Field(64, ge=1, description="Requests batched together by the engine.")

@@ -72,7 +72,7 @@ def _cosines(a: list[list[float]], b: list[list[float]]) -> np.ndarray:
 def test_text_vectors_match_torch_over_varied_texts(
     onnx_model: OnnxEmbedding, torch_model: HuggingFaceEmbedding
 ) -> None:
-    texts = _texts(300, seed=18)
+    texts = _texts(64, seed=18)  # every length class several times; torch is the slow side
     ours = onnx_model.get_text_embedding_batch(texts)
     reference = torch_model.get_text_embedding_batch(texts)
     cosines = _cosines(ours, reference)
@@ -84,7 +84,7 @@ def test_text_vectors_match_torch_over_varied_texts(
 def test_query_vectors_match_torch(
     onnx_model: OnnxEmbedding, torch_model: HuggingFaceEmbedding
 ) -> None:
-    queries = [t for t in _texts(40, seed=4) if t.strip()]
+    queries = [t for t in _texts(24, seed=4) if t.strip()]
     ours = [onnx_model.get_query_embedding(q) for q in queries]
     reference = [torch_model.get_query_embedding(q) for q in queries]
     assert _cosines(ours, reference).min() >= MIN_COSINE

@@ -189,6 +189,29 @@ async def test_request_ids_priority_and_no_lora_passed_through(
     assert first["lora_request"] is None  # not asked for
 
 
+async def test_seeded_long_prompts_at_once_leave_the_cpu_engine_serving(
+    engine: Engine, spy: GenerateSpy
+) -> None:
+    # Six ~1,200-token prompts at once are more than one step's token budget: vLLM prefills
+    # some in chunks, and on the CPU rewinding a seeded request's generator after a chunk
+    # stops the engine core ("CPU Generator does not use offset"). The seed is dropped here.
+    assert not engine.honours_seed  # this run's engine is on the CPU
+    filler = " ".join(["The quarterly report lists revenue, churn and margin."] * 120)
+    prompts = [[{"role": "user", "content": f"{n}. {filler} Summarise."}] for n in range(6)]
+    assert all(engine.count_prompt_tokens(p) > 1_000 for p in prompts)
+    seeded = GenerationParams(max_tokens=8, temperature=1.0, seed=1234)
+    options = _options(engine, max_prompt_tokens=2_000)
+    answers = await asyncio.gather(
+        *(_collect(engine.stream_chat(p, seeded, options)) for p in prompts)
+    )
+    assert all(chunks and chunks[-1].finished for chunks in answers)
+    assert [kwargs["sampling"].seed for _, kwargs in spy.calls] == [None] * 6
+    assert engine.ready
+    assert (
+        "Paris" in (await _collect(engine.stream_chat(FRANCE, GREEDY, _options(engine))))[-1].text
+    )
+
+
 async def test_lora_is_ignored_when_the_engine_has_no_lora(
     engine: Engine, spy: GenerateSpy
 ) -> None:

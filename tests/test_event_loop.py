@@ -3,20 +3,19 @@
 The real app (`create_app`: every middleware, API key, rate limits, retrieval, prompt, fair
 share, audit, SSE) is served by uvicorn on the test's own event loop, with the `openai`
 backend against the real vLLM server of the run (`vllm_server`), while 16 streamed chat turns
-overlap. Two detectors watch the loop thread:
+overlap. A profile hook on the loop thread (`sys.setprofile`, this thread only) records what
+would block it, however briefly:
 
-1. asyncio's debug mode times every callback and logs "Executing <handle> took N seconds" for
-   any over `loop.slow_callback_duration`; the test collects those warnings from the
-   `asyncio` logger and fails on any. The bound, `SLOW_CALLBACK_S` = 200 ms: a stall a user
-   feels in every stream of the process. It cannot be much lower here: on this shared 2-core
-   machine (load average 11 to 17) trivial callbacks (a timer setting a future) were seen at
-   50 to 60 ms, preempted, and a gen-2 garbage collection of the test process's heap (torch,
-   transformers, Chroma) took 1.3 s, which is why the fixture freezes the heap after start.
-2. Because a blocking round trip to a quiet server takes only 20 to 50 ms (measured with the
-   old synchronous /tokenize: inside that noise), a profile hook on the loop thread also
-   records every call on a blocking socket (`sys.setprofile`, C calls of socket methods on a
-   socket whose timeout is not 0: asyncio's own sockets are non-blocking), however short. The
-   old `_prepare` fails this check on every turn; blocking I/O in worker threads is not seen.
+1. every call on a blocking socket (C calls of socket methods on a socket whose timeout is not
+   0: asyncio's own sockets are non-blocking). The old synchronous /tokenize round trip took
+   20 to 50 ms, too short to tell from a shared machine's noise by timing, yet this check fails
+   on every turn with it;
+2. every entry into a library whose calls block: the database (SQLAlchemy, sqlite3, psycopg),
+   Chroma, the tokenizer and the embedding model (tokenizers, transformers, torch,
+   llama-index's embeddings) and the synchronous Redis client. Those run in worker threads.
+
+No durations are measured: on these shared 2-core machines a callback's time says more about
+the neighbours than about the code (a run at load 11 saw trivial callbacks take 800 ms).
 
 It is run twice: prompts counted by the model's own tokenizer here, and by the server's
 /tokenize (one async call per turn, which the server's own request counter proves).
@@ -25,15 +24,12 @@ It is run twice: prompts counted by the model's own tokenizer here, and by the s
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import logging
+import os
 import socket
 import sys
-import threading
-import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +46,6 @@ from tests.fixtures.common import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
-SLOW_CALLBACK_S = 0.2
 SOCKET_CALLS = frozenset({"connect", "accept", "recv", "recv_into", "recvfrom", "send", "sendall"})
 TURNS = 16  # started 150 ms apart: each is prepared while earlier ones stream
 QUESTION = "Write three sentences about the sea."
@@ -95,16 +90,12 @@ async def remote_app(
     base_url = f"http://127.0.0.1:{port}"
     try:
         await _until_ready(base_url, serving)
-        # One turn first: the embedding model loads in a worker thread at the first retrieval
-        # (seconds of Python holding the GIL the loop waits for): a start cost, not the path.
+        # One turn first, unwatched: what loads once (the embedding model, Chroma's client)
+        # is a start cost, not the request path.
         async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
             assert (await _turn(client, key, 0.0)).strip()
-        # What exists now lives for the process: no later collection needs to scan it again.
-        gc.collect()
-        gc.freeze()
         yield RunningApp(base_url, key, counting)
     finally:
-        gc.unfreeze()
         server.should_exit = True
         await serving
 
@@ -124,97 +115,61 @@ async def _until_ready(base_url: str, serving: asyncio.Task[None]) -> None:
     pytest.fail("the app was not ready in 300 s")
 
 
-class _SlowCallbacks(logging.Handler):
-    """Collects asyncio's debug-mode warnings about callbacks over the bound; for the report,
-    where the loop thread was when it stalled and the garbage collector's long pauses."""
+# Where a Python frame's code lives, for the libraries whose calls block the calling thread.
+BLOCKING_PACKAGES = tuple(
+    f"{os.sep}site-packages{os.sep}{name}{os.sep}"
+    for name in ("sqlalchemy", "psycopg", "psycopg2", "chromadb", "tokenizers", "transformers",
+                 "torch", "sentence_transformers", "onnxruntime")
+) + (
+    f"{os.sep}llama_index{os.sep}embeddings{os.sep}",
+    f"{os.sep}redis{os.sep}client.py",  # the synchronous client (redis.asyncio is elsewhere)
+    f"{os.sep}sqlite3{os.sep}",
+)  # fmt: skip
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-        self.stalls: list[str] = []  # the loop thread's stack, sampled in each stall
-        self.gc_pauses: list[str] = []
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._beat = time.monotonic()
-        self._gc_started = 0.0
-        self._done = threading.Event()
+
+class _LoopWatch:
+    """What the loop thread did that blocks: socket calls and entries into blocking libraries."""
+
+    def __init__(self) -> None:
         self.blocking_io: list[str] = []  # socket calls that block, made on the loop thread
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Executing "):
-            self.messages.append(message)
-
-    def start(self) -> None:
-        """Heartbeat on the loop, a watchdog thread sampling the stack when it stops."""
-        self._tick()
-        threading.Thread(target=self._watch, daemon=True).start()
-        gc.callbacks.append(self._gc)
-
-    def stop(self) -> None:
-        """Stop the watchdog and the GC timing."""
-        self._done.set()
-        gc.callbacks.remove(self._gc)
-
-    def report(self) -> str:
-        """The slow callbacks, then where the loop was stuck, then GC pauses."""
-        parts = [*self.messages[:10], *self.stalls[:5], *self.gc_pauses[:10]]
-        return f"{len(self.messages)} callbacks over {SLOW_CALLBACK_S * 1000:.0f} ms:\n" + (
-            "\n".join(parts)
-        )
+        self.blocking_calls: dict[str, str] = {}  # library entry point -> the stack into it
 
     def profile(self, frame: Any, event: str, arg: Any) -> None:
-        """`sys.setprofile` hook of the loop thread: a socket call that may block."""
-        if event != "c_call" or getattr(arg, "__name__", "") not in SOCKET_CALLS:
+        """`sys.setprofile` hook of the loop thread."""
+        if event == "call":
+            self._library_call(frame)
+        elif event == "c_call" and getattr(arg, "__name__", "") in SOCKET_CALLS:
+            sock = getattr(arg, "__self__", None)
+            if isinstance(sock, socket.socket) and sock.gettimeout() != 0.0:
+                stack = "".join(traceback.format_stack(frame)[-10:])
+                self.blocking_io.append(f"blocking socket {arg.__name__} on the loop, at:\n{stack}")
+
+    def _library_call(self, frame: Any) -> None:
+        code = frame.f_code
+        if not any(part in code.co_filename for part in BLOCKING_PACKAGES):
             return
-        sock = getattr(arg, "__self__", None)
-        if isinstance(sock, socket.socket) and sock.gettimeout() != 0.0:
-            stack = "".join(traceback.format_stack(frame)[-10:])
-            self.blocking_io.append(f"blocking socket {arg.__name__} on the loop, at:\n{stack}")
+        caller = frame.f_back
+        if caller is not None and any(p in caller.f_code.co_filename for p in BLOCKING_PACKAGES):
+            return  # inside the library already: only its entry point is reported
+        entry = f"{code.co_filename}:{code.co_name}"
+        if entry not in self.blocking_calls:
+            self.blocking_calls[entry] = "".join(traceback.format_stack(frame)[-8:])
 
-    def _tick(self) -> None:
-        self._beat = time.monotonic()
-        if not self._done.is_set():
-            self._loop.call_later(0.005, self._tick)
-
-    def _watch(self) -> None:
-        sampled = 0.0
-        while not self._done.wait(0.01):
-            beat = self._beat
-            stalled = time.monotonic() - beat
-            if stalled > SLOW_CALLBACK_S and sampled != beat:
-                sampled = beat
-                frame = sys._current_frames().get(self._loop_thread)
-                stack = "".join(traceback.format_stack(frame)[-12:]) if frame else "?"
-                self.stalls.append(f"loop stalled {stalled * 1000:.0f} ms so far, in:\n{stack}")
-
-    def _gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.monotonic()
-        elif (took := time.monotonic() - self._gc_started) > SLOW_CALLBACK_S / 2:
-            self.gc_pauses.append(f"gc generation {info['generation']} took {took * 1000:.0f} ms")
+    def report(self) -> str:
+        """The socket calls, then each library entered, with where from."""
+        calls = [f"{entry}, called at:\n{stack}" for entry, stack in self.blocking_calls.items()]
+        return "\n".join([*self.blocking_io[:3], *calls[:5]])
 
 
 @pytest.fixture
-async def slow_callbacks() -> AsyncIterator[_SlowCallbacks]:
-    """Debug mode on the running loop, with the bound, for the test; restored after."""
-    loop = asyncio.get_running_loop()
-    saved = (loop.get_debug(), loop.slow_callback_duration)
-    handler = _SlowCallbacks(loop)
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(handler)
-    loop.set_debug(True)
-    loop.slow_callback_duration = SLOW_CALLBACK_S
-    handler.start()
-    sys.setprofile(handler.profile)  # this thread only: the loop's
+def loop_watch() -> Iterator[_LoopWatch]:
+    """The profile hook on this thread (the loop's) for the test; removed after."""
+    watch = _LoopWatch()
+    sys.setprofile(watch.profile)
     try:
-        yield handler
+        yield watch
     finally:
         sys.setprofile(None)
-        handler.stop()
-        loop.set_debug(saved[0])
-        loop.slow_callback_duration = saved[1]
-        logger.removeHandler(handler)
 
 
 async def _tokenize_requests(vllm_server: str) -> float:
@@ -249,20 +204,23 @@ async def _turn(client: httpx.AsyncClient, api_key: str, delay: float) -> str:
     return text
 
 
-async def test_no_callback_blocks_the_loop_during_chat_turns(
-    remote_app: RunningApp, vllm_server: str, slow_callbacks: _SlowCallbacks
+async def test_nothing_blocks_the_loop_during_chat_turns(
+    remote_app: RunningApp, vllm_server: str, loop_watch: _LoopWatch
 ) -> None:
     tokenized_before = await _tokenize_requests(vllm_server)
     limits = httpx.Limits(max_connections=TURNS)
     async with httpx.AsyncClient(base_url=remote_app.base_url, timeout=600, limits=limits) as c:
         turns = (_turn(c, remote_app.api_key, 0.15 * i) for i in range(TURNS))
         answers = await asyncio.gather(*turns)
+    sys.setprofile(None)  # the checks below are not the app's
     assert all(answer.strip() for answer in answers)  # every turn streamed an answer
-    assert slow_callbacks.blocking_io == [], (
-        f"{len(slow_callbacks.blocking_io)} blocking socket calls on the loop; the first:\n"
-        + "\n".join(slow_callbacks.blocking_io[:3])
+    assert loop_watch.blocking_io == [], (
+        f"{len(loop_watch.blocking_io)} blocking socket calls on the loop:\n" + loop_watch.report()
     )
-    assert slow_callbacks.messages == [], slow_callbacks.report()
+    assert loop_watch.blocking_calls == {}, (
+        f"{len(loop_watch.blocking_calls)} blocking libraries entered on the loop:\n"
+        + loop_watch.report()
+    )
     # Exactly one tokenization per turn: none at the server when counted here, else one each.
     tokenized = await _tokenize_requests(vllm_server) - tokenized_before
     assert tokenized == (0 if remote_app.counting == "local" else TURNS)

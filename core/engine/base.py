@@ -18,14 +18,16 @@ a salt whatever the setting. Callers cannot pass a salt.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from core.config import Settings
@@ -278,6 +280,9 @@ class Engine(ABC):
         self.settings = settings
         self._waiting: set[str] = set()  # request ids submitted, no output yet
         self._running: set[str] = set()  # request ids streaming
+        # Tokenizing a long prompt is milliseconds of CPU: off the event loop, on one thread
+        # (a fast tokenizer used from two threads at once can fail: "Already borrowed").
+        self._tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     @abstractmethod
     async def start(self) -> None:
@@ -291,6 +296,15 @@ class Engine(ABC):
     @abstractmethod
     def ready(self) -> bool:
         """True once `start` succeeded and the engine has not died."""
+
+    @property
+    def honours_seed(self) -> bool:
+        """Whether a request's `seed` may reach this engine; when not, it is dropped (OpenAI
+        calls seeded sampling best effort). vLLM's sampler rewinds a seeded request's random
+        generator after each chunk of its prefill with CUDA-only calls, so on the CPU the
+        first seeded request prefilled in chunks (a long prompt, a busy step) stops the engine
+        core, every team's requests with it."""
+        return False
 
     @abstractmethod
     async def status(self) -> EngineStatus:
@@ -341,8 +355,10 @@ class Engine(ABC):
         return await self._prepare_async(_checked_messages(messages))
 
     async def _prepare_async(self, messages: list[dict[str, str]]) -> PreparedPrompt:
-        """`_prepare` for the event loop: a backend whose `_prepare` waits on I/O overrides it."""
-        return self._prepare(messages)
+        """`_prepare` for the event loop, on the tokenizing thread; a backend whose `_prepare`
+        waits on I/O overrides it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, self._prepare, messages)
 
     def stream_chat(
         self, messages: list[dict[str, str]], params: GenerationParams, options: EngineOptions
@@ -358,6 +374,8 @@ class Engine(ABC):
         check_params(params, options.max_output_tokens)
         check_sampling(params.sampling, options.bounds)
         self._require_ready()
+        if params.seed is not None and not self.honours_seed:
+            params = replace(params, seed=None)
         checked = _checked_messages(messages)
         prompt = options.prompt
         if prompt is None or prompt.messages != checked:

@@ -58,6 +58,13 @@ class VLLMEngine(Engine):
         return self._llm is not None and not self._llm.errored
 
     @property
+    def honours_seed(self) -> bool:
+        """On a GPU only (see `Engine.honours_seed`)."""
+        from vllm.platforms import current_platform
+
+        return not current_platform.is_cpu()
+
+    @property
     def async_llm(self) -> Any:
         """The running vLLM `AsyncLLM` (None before `start` and after `stop`).
 

@@ -86,6 +86,11 @@ class RemoteEngine(Engine):
         """True once the server answered and told us which model it serves."""
         return self._client is not None
 
+    @property
+    def honours_seed(self) -> bool:
+        """When the operator says the server runs on a GPU (`engine_seeded_sampling`)."""
+        return self.settings.engine_seeded_sampling
+
     async def start(self) -> None:
         """Wait for the server (up to START_TIMEOUT_S) and pick the model it serves."""
         if self._client is not None:
@@ -209,7 +214,7 @@ class RemoteEngine(Engine):
 
     async def _prepare_async(self, messages: list[dict[str, str]]) -> PreparedPrompt:
         if self._tokenizer is not None:
-            return _local_prompt(self._tokenizer, messages)
+            return await super()._prepare_async(messages)  # the local tokenizer, off the loop
         return await self._tokenize_remote(messages)
 
     async def _tokenize_remote(self, messages: list[dict[str, str]]) -> PreparedPrompt:
