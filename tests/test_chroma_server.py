@@ -153,6 +153,28 @@ def test_originals_are_encrypted_rows_and_any_replica_reindexes(
     assert not (replica_b.tenant_dir(finance) / "files").exists()
 
 
+def test_a_document_uploaded_on_one_replica_is_found_by_keyword_on_another(
+    replica_a: KnowledgeService,
+    chroma_server: ChromaServer,
+    pg_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Each replica keeps its keyword index in its own data dir; B's is opened (and built)
+    # before A's upload, and must follow the shared document set.
+    replica_b = _replica(tmp_path_factory.mktemp("replica-b-keywords"), chroma_server, pg_url)
+    sales_b = replica_b.tenants.get("sales")
+    word = f"zq{uuid.uuid4().hex[:8]}"  # a token no embedding has seen: found by keyword only
+    assert replica_b.retrieve(sales_b, word, keyword_weight=1.0) == []
+    path = write(tmp_path_factory.mktemp("kw"), "codes.txt", f"The vault code word is {word}.")
+    [outcome] = replica_a.ingest(replica_a.tenants.get("sales"), [path], "alice")
+    assert outcome.status == "indexed", outcome.error
+    found = replica_b.retrieve(sales_b, word, keyword_weight=1.0)
+    assert [s.document_id for s in found] == [outcome.document_id]
+    # B's own delete goes the other way: A no longer finds it by keyword.
+    replica_b.delete_document(sales_b, outcome.document_id)
+    assert replica_a.retrieve(replica_a.tenants.get("sales"), word, keyword_weight=1.0) == []
+
+
 def test_store_read_and_delete_an_original_in_the_database(
     replica_a: KnowledgeService, pg_url: str, tmp_path: Path, chroma_server: ChromaServer
 ) -> None:

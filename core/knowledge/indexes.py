@@ -7,6 +7,11 @@ index loads the embedding model and llama-index's defaults the first time (about
 which is why `KnowledgeService.open_stores` does it at startup. A keyword index that was
 never written (a data dir from before hybrid retrieval) is built once from the tenant's
 vectors, so documents ingested earlier are found by keyword too.
+
+On a Chroma server the vectors are shared by every app replica, but each replica keeps its
+keyword index in its own data dir: `follow` rebuilds it from the server's chunks whenever the
+team's document set (a digest of the shared registry) is not the one it was built from, so a
+document uploaded through another replica is found by keyword here too.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class TenantIndexes:
         self._servers = servers
         self._open: dict[str, VectorStoreIndex] = {}
         self._keywords: dict[str, KeywordIndex] = {}
+        self._followed: dict[str, str] = {}  # tenant id -> document set its keywords hold
         self._lock = threading.Lock()
 
     def get(self, tenant: Tenant) -> VectorStoreIndex:
@@ -65,6 +71,22 @@ class TenantIndexes:
                     _backfill(index, vectors)
                 self._keywords[tenant.id] = index
             return index
+
+    def shared(self, tenant: Tenant) -> bool:
+        """Whether the tenant's vectors live on a Chroma server (shared by the replicas)."""
+        return tenant.store_factory is None and bool(self._servers.url_for(tenant))
+
+    def follow(self, tenant: Tenant, document_set: str) -> None:
+        """Rebuild the tenant's keyword index from its vectors unless it was last built for
+        this version of its document set (`documents.document_set_version`)."""
+        keywords = self.keywords(tenant)
+        with self._lock:
+            if self._followed.get(tenant.id) == document_set:
+                return
+        vectors = self.get(tenant)
+        _backfill(keywords, vectors)
+        with self._lock:
+            self._followed[tenant.id] = document_set
 
     def _open_store(self, tenant: Tenant) -> BasePydanticVectorStore:
         """The tenant's vector store: its plugin's, its Chroma server database, or embedded."""

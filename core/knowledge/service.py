@@ -96,6 +96,10 @@ class KnowledgeService:
         with session_scope(self._db_url) as session:
             return [document_info(r) for r in documents.list_documents(session, tenant.id)]
 
+    def _document_set(self, tenant: Tenant) -> str:
+        with session_scope(self._db_url) as session:
+            return documents.document_set_version(session, tenant.id)
+
     def delete_document(self, tenant: Tenant, document_id: str) -> None:
         """Delete a document, its vectors and its original; NotFound if not this tenant's."""
         with session_scope(self._db_url) as session:
@@ -136,6 +140,8 @@ class KnowledgeService:
         blend = self._blend(tenant, keyword_weight)
         started = time.perf_counter()
         with store_errors():
+            if self._indexes.shared(tenant):  # another replica may have changed its documents
+                self._indexes.follow(tenant, self._document_set(tenant))
             keywords = self._indexes.keywords(tenant)
             sources = retrieval.retrieve(
                 tenant, self._index(tenant), keywords, query, k, blend, self._db_url
