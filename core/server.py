@@ -168,12 +168,17 @@ def _principal_of(request: Request) -> Principal | None:
 
 
 def http_limiter(settings: Settings, key_prefix: str) -> Limiter:
-    """The app's slowapi limiter (Redis when configured), answering with x-ratelimit-* headers."""
+    """The app's slowapi limiter (Redis when configured), answering with x-ratelimit-* headers.
+
+    While Redis does not answer, slowapi counts in this process's memory (and tries Redis
+    again), as the chat limits do (core/limits.py): sign-in keeps working, limited per replica.
+    """
     return Limiter(
         key_func=principal_key,
         headers_enabled=True,
         storage_uri=settings.redis_url or "memory://",
         key_prefix=key_prefix,
+        in_memory_fallback_enabled=bool(settings.redis_url),
     )
 
 

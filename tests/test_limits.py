@@ -141,6 +141,19 @@ async def test_sign_in_is_limited_per_address_by_its_setting(
     assert len(refusals) == 1
 
 
+async def test_sign_in_with_redis_down_is_limited_in_memory(
+    tmp_path: Path, oidc_issuer: str
+) -> None:
+    """Redis not answering: sign-in still goes to the IdP, and its limit holds per process."""
+    settings = make_auth_settings(
+        tmp_path, oidc_issuer, rate_limit_signin="2/minute", redis_url="redis://127.0.0.1:1/0"
+    )
+    app, _ = build_auth_app(settings)
+    async with app_client(app) as client:
+        codes = [(await client.get("/login")).status_code for _ in range(3)]
+    assert 500 not in codes and 429 not in codes[:2] and codes[2] == 429, codes
+
+
 def test_a_malformed_sign_in_limit_is_a_clear_error_at_start(
     tmp_path: Path, oidc_issuer: str
 ) -> None:
