@@ -22,6 +22,7 @@ from core.db import session_scope, upgrade_database, utcnow
 from core.knowledge import jobs
 from core.knowledge.chunking import build_nodes
 from core.knowledge.ingest_worker import LOST_COPY, SERVER_FAILURE, STOPPED_TWICE, IngestJobs
+from core.knowledge.job_staging import StagedRow
 from core.knowledge.jobs import JobInfo
 from core.knowledge.parsing import Part
 from core.services import Services, build_services
@@ -221,6 +222,32 @@ def test_two_workers_never_claim_one_job(kind: str, tmp_path: Path) -> None:
     else:
         with pg_database("tlm_jobs") as url:
             claims(url)
+
+
+def test_a_job_queued_on_one_replica_runs_on_another(tmp_path: Path) -> None:
+    """With PostgreSQL the queued copy is a row: replica B's worker runs what A queued."""
+    with pg_database("tlm_staged") as url:
+        replicas = [
+            build_services(Settings(data_dir=tmp_path / name, database_url=url,
+                                    master_key="staged-test-master-key-0123456789abcdef"))
+            for name in ("a", "b")
+        ]  # fmt: skip
+        a, b = replicas
+        try:
+            note = write(tmp_path, "handover.md", "The handover word is quokka-staged.\n")
+            [queued] = a.ingest_jobs.enqueue(
+                a.tenants.get("sales"), [note], ["handover.md"], "ann@example.com", "ann"
+            )
+            assert not (a.knowledge.tenant_dir(a.tenants.get("sales")) / "queue").exists()
+            assert b.ingest_jobs.run_pending() == 1  # B claims it, A never ran
+            [done] = [j for j in a.ingest_jobs.list_jobs(a.tenants.get("sales"))
+                      if j.id == queued.id]  # fmt: skip
+            assert (done.state, done.error) == ("indexed", None), done
+            with session_scope(url) as session:  # the copy is gone once indexed
+                assert session.query(StagedRow).count() == 0
+        finally:
+            for replica in replicas:
+                replica.auditor.close()
 
 
 # --- the real app and a real browser ---------------------------------------------------------

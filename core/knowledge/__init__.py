@@ -18,6 +18,12 @@
 - `chunking`: parsed parts -> embedded chunks carrying our own metadata.
 - `vectorstore`: core's defaults for a tenant's vectors (embedding model, store, retriever).
 - `chroma_server`: a team's vectors on a Chroma server, in its own database there.
+- `jobs`, `ingest_worker`: uploads indexed in the background, one job row per file, and the
+  worker that runs them; `job_progress` and `embed_progress` report a job's progress;
+  `job_staging` keeps a queued upload's encrypted copy where the originals are.
+- `passages`: a cited chunk's passage, for the chat's citations.
+- `embeddings`, `onnx_embedding`, `embedding_export`: the embedding model, on ONNX Runtime
+  when its one-time export exists, else on torch.
 
 The upload path is uploads -> parsing -> chunking -> vectorstore, driven by `ingestion`.
 This `__init__` only documents: import the submodules themselves.

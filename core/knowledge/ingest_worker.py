@@ -1,7 +1,8 @@
 """The background indexing of uploads: queue one job per file, and the worker that runs them.
 
 `IngestJobs.enqueue` checks each file (cheap checks, core/knowledge/uploads.py), keeps a copy
-encrypted with the team's key under `<tenant dir>/queue/<job id>.bin`, and writes one job row
+encrypted with the team's key where the originals are kept (core/knowledge/job_staging.py: in
+the database with PostgreSQL, so any replica's worker can run the job), and writes one job row
 per file (core/knowledge/jobs.py); a file refused on arrival is a failed job that says why.
 The worker, one thread in the app process, claims queued jobs (any team's, oldest first) and
 indexes each through `KnowledgeService.ingest`, which stores a file completely or not at all;
@@ -33,6 +34,7 @@ from core.errors import IngestionError, TenantLLMError
 from core.knowledge import jobs
 from core.knowledge.documents import IngestOutcome
 from core.knowledge.job_progress import JobProgress
+from core.knowledge.job_staging import StagedCopies
 from core.knowledge.jobs import IngestJobRow, JobInfo, NewJob
 from core.knowledge.service import KnowledgeService
 from core.knowledge.uploads import check_upload, clean_filename
@@ -54,6 +56,7 @@ class IngestJobs:
         self._knowledge = knowledge
         self._auditor = auditor
         self._master = crypto.master_key(settings)
+        self._staged = StagedCopies(settings)
         self._host, self._token = socket.gethostname()[:64], uuid.uuid4().hex[:12]
         self.worker_id = f"{self._host}:{os.getpid()}:{self._token}"
         self._wake = threading.Event()
@@ -108,16 +111,10 @@ class IngestJobs:
         except OSError as exc:
             error = f"{name}: the file could not be read ({exc.strerror or exc})."
             return NewJob(job_id, _display_name(name), 0, error=error)
-        staged = self._staged_path(tenant, job_id)
-        staged.parent.mkdir(parents=True, exist_ok=True)
         key = crypto.tenant_key(self._master, tenant.id)
-        tmp = staged.with_suffix(".tmp")
-        tmp.write_bytes(crypto.encrypt(key, tenant.id, _aad(job_id), checked.data))
-        os.replace(tmp, staged)
+        blob = crypto.encrypt(key, tenant.id, _aad(job_id), checked.data)
+        self._staged.put(tenant.id, self._knowledge.tenant_dir(tenant), job_id, blob)
         return NewJob(job_id, checked.name, len(checked.data))
-
-    def _staged_path(self, tenant: Tenant, job_id: str) -> Path:
-        return self._knowledge.tenant_dir(tenant) / "queue" / f"{job_id}.bin"
 
     # --- running ----------------------------------------------------------------------------
     def run_job(
@@ -156,10 +153,8 @@ class IngestJobs:
         return finished
 
     def _index(self, tenant: Tenant, job: JobInfo, progress: JobProgress) -> IngestOutcome:
-        staged = self._staged_path(tenant, job.id)
-        try:
-            data = self._read_staged(tenant, job.id)
-        except FileNotFoundError:
+        data = self._read_staged(tenant, job.id)
+        if data is None:
             return IngestOutcome(job.filename, "refused", error=f"{job.filename}: {LOST_COPY}")
         scratch = self._knowledge.tenant_dir(tenant) / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
@@ -175,11 +170,13 @@ class IngestJobs:
             return IngestOutcome(job.filename, "refused", error=f"{job.filename}: {SERVER_FAILURE}")
         finally:
             path.unlink(missing_ok=True)
-            staged.unlink(missing_ok=True)
+            self._delete_staged(tenant, job.id)
 
-    def _read_staged(self, tenant: Tenant, job_id: str) -> bytes:
+    def _read_staged(self, tenant: Tenant, job_id: str) -> bytes | None:
+        blob = self._staged.get(tenant.id, self._knowledge.tenant_dir(tenant), job_id)
+        if blob is None:
+            return None
         key = crypto.tenant_key(self._master, tenant.id)
-        blob = self._staged_path(tenant, job_id).read_bytes()
         return crypto.decrypt(key, tenant.id, _aad(job_id), blob)
 
     def _finish(self, job: JobInfo, outcome: IngestOutcome) -> JobInfo:
@@ -248,7 +245,7 @@ class IngestJobs:
             tenant = self._knowledge.tenants.get(job.tenant_id)
             if job.document_id:  # stopped while storing: remove what it may have written
                 self._knowledge.discard_partial(tenant, job.document_id)
-            kept = self._staged_path(tenant, job.id).exists()
+            kept = self._staged.exists(tenant.id, self._knowledge.tenant_dir(tenant), job.id)
         except TenantLLMError as exc:
             tenant, kept, error = None, False, exc.message
         with session_scope(self._db) as session:
@@ -270,7 +267,7 @@ class IngestJobs:
         self._audit(failed, requested_sub)
 
     def _delete_staged(self, tenant: Tenant, job_id: str) -> None:
-        self._staged_path(tenant, job_id).unlink(missing_ok=True)
+        self._staged.delete(tenant.id, self._knowledge.tenant_dir(tenant), job_id)
 
     # --- the thread -------------------------------------------------------------------------
     def start(self) -> None:
