@@ -153,6 +153,10 @@ class Tenant:
     description: str
     prompt: PromptTemplate
     top_k: int | None = None
+    # The answer temperature when a request names none (the chat, the CLI, an API call without
+    # one); None: 0.7 (core/chat/prompt.py). The built-in teams answer greedily (0), the best
+    # of the demo answer-quality set on the bundled model (bench/answer_quality.py).
+    temperature: float | None = None
     priority: int = 0
     # fair share (core/scheduling): this team's share of the engine under contention, relative
     # to the other teams' (2.0 gets twice the tokens of a team at 1.0); an admin may override it.
@@ -210,6 +214,12 @@ class Tenant:
                 problems.append(f"{name} must be a number of days from 1 to 36500, or None")
         if not isinstance(self.weight, int | float) or not 0 < self.weight <= 1000:
             problems.append("weight must be above 0 and at most 1000")
+        temperature = self.temperature
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2
+        ):  # fmt: skip
+            problems.append("temperature must be a number from 0 to 2, or None")
         cache = self.response_cache_seconds
         if isinstance(cache, bool) or not isinstance(cache, int) or not 0 <= cache <= 604800:
             problems.append("response_cache_seconds must be a whole number from 0 to 604800")

@@ -300,6 +300,22 @@ async def test_abandoned_turn_is_audited_once_and_cannot_stream(
     assert fake_engine.calls == []
 
 
+def test_a_team_temperature_is_checked_and_the_builtin_teams_answer_greedily(
+    tmp_path: Path,
+) -> None:
+    from core.config import Settings
+    from core.plugins import load_tenants
+    from core.tenancy import PromptTemplate, Tenant
+
+    prompt = PromptTemplate(system="You help.")
+    for bad in (2.5, -0.1, True, "0"):
+        problems = Tenant("legal", "Legal", "x", prompt, temperature=bad).problems()  # type: ignore[arg-type]
+        assert "temperature must be a number from 0 to 2, or None" in problems, bad
+    assert Tenant("legal", "Legal", "x", prompt, temperature=1.2).problems() == []
+    assert {t.id: t.temperature for t in load_tenants(Settings(data_dir=tmp_path)).all()} == {
+        "sales": 0.0, "development": 0.0, "finance": 0.0}  # fmt: skip
+
+
 def test_the_prompt_rules_are_plain_functions() -> None:
     """`generation_params` and `fit_prompt` take numbers and a token counter: no services."""
     from core.chat.prompt import fit_prompt, generation_params
@@ -307,6 +323,11 @@ def test_the_prompt_rules_are_plain_functions() -> None:
 
     params = generation_params(ChatRequest("sales", "hi"), default_max_tokens=256, output_cap=100)
     assert (params.max_tokens, params.temperature, params.top_p) == (100, 0.7, 1.0)
+    # The team's temperature when the request names none; the request's own wins.
+    greedy_team = {"default_max_tokens": 256, "output_cap": 100, "team_temperature": 0.0}
+    assert generation_params(ChatRequest("sales", "hi"), **greedy_team).temperature == 0.0
+    asked = ChatRequest("sales", "hi", temperature=0.9)
+    assert generation_params(asked, **greedy_team).temperature == 0.9
     with pytest.raises(InvalidRequest, match="between 1 and 100"):
         generation_params(
             ChatRequest("sales", "hi", max_tokens=101), default_max_tokens=256, output_cap=100

@@ -53,11 +53,19 @@ def clean_question(question: str) -> str:
     return question
 
 
+DEFAULT_TEMPERATURE = 0.7  # a request's and its team's when neither names one
+
+
 def generation_params(
-    request: ChatRequest, *, default_max_tokens: int, output_cap: int
+    request: ChatRequest,
+    *,
+    default_max_tokens: int,
+    output_cap: int,
+    team_temperature: float | None = None,
 ) -> GenerationParams:
-    """The request's sampling parameters with the defaults filled in, checked against the
-    tenant's `output_cap` (InvalidRequest), so a bad request is refused before retrieval."""
+    """The request's sampling parameters with the defaults filled in (the temperature: the
+    request's, else its team's, else `DEFAULT_TEMPERATURE`), checked against the tenant's
+    `output_cap` (InvalidRequest), so a bad request is refused before retrieval."""
     max_tokens = request.max_tokens
     if max_tokens is None:
         max_tokens = min(default_max_tokens, output_cap)
@@ -65,7 +73,9 @@ def generation_params(
         raise InvalidRequest("stop takes at most 4 non-empty strings.")
     params = GenerationParams(
         max_tokens=max_tokens,
-        temperature=0.7 if request.temperature is None else request.temperature,
+        temperature=next(
+            t for t in (request.temperature, team_temperature, DEFAULT_TEMPERATURE) if t is not None
+        ),
         top_p=1.0 if request.top_p is None else request.top_p,
         stop=tuple(request.stop),
         seed=request.seed,

@@ -312,6 +312,7 @@ async def _prepare_turn(
         request,
         default_max_tokens=services.settings.default_max_tokens,
         output_cap=options.max_output_tokens,
+        team_temperature=tenant.temperature,
     )
     check_sampling(params.sampling, options.bounds)  # the tenant's n, logprobs, ... bounds
     # Retrieval sees only the question and the registry's tenant: never history or client ids.

@@ -26,6 +26,7 @@ def tenantllm_register_tenants(register: Callable[[Tenant], None]) -> None:
             display_name="Development",
             description="Services, runbooks, deployment and coding conventions.",
             prompt=PromptTemplate(system=SYSTEM, user=USER, source=SOURCE),
+            temperature=0.0,  # greedy: the demo answer-quality set's best (bench/answer_quality.py)
             top_k=3,
         )
     )

@@ -28,5 +28,6 @@ def tenantllm_register_tenants(register: Callable[[Tenant], None]) -> None:
             display_name="Sales",
             description="Pricing, discounts, offers and customer questions.",
             prompt=PromptTemplate(system=SYSTEM, user=USER),
+            temperature=0.0,  # greedy: the demo answer-quality set's best (bench/answer_quality.py)
         )
     )
