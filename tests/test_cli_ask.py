@@ -109,8 +109,13 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, bundled_model_dir: Path) -> None:
 
 
 @pytest.mark.engine
-@pytest.mark.timeout(1200)  # a whole engine start per test: slow on a busy machine
-def test_ask_as_a_tenant_prints_json(tmp_path: Path, bundled_model_dir: Path) -> None:
+@pytest.mark.timeout(1200)
+def test_ask_as_a_tenant_prints_json(
+    tmp_path: Path, bundled_model_dir: Path, vllm_server: str
+) -> None:
+    # On the remote backend (the run's vLLM server): no engine start of its own.
+    env = {**_env(tmp_path, str(bundled_model_dir)), "TENANTLLM_ENGINE_BACKEND": "openai",
+           "TENANTLLM_ENGINE_URL": vllm_server}  # fmt: skip
     result = subprocess.run(
         [
             TENANTLLM,
@@ -122,7 +127,7 @@ def test_ask_as_a_tenant_prints_json(tmp_path: Path, bundled_model_dir: Path) ->
             "--max-tokens",
             "24",
         ],
-        env=_env(tmp_path, str(bundled_model_dir)),
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,

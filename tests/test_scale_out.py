@@ -146,6 +146,7 @@ def topology(
             "TENANTLLM_FAIR_QUEUE_WAIT_SECONDS": "600",
             "TENANTLLM_RATE_LIMIT_USER": f"{USER_LIMIT}/minute",
             "TENANTLLM_RATE_LIMIT_SIGNIN": "100000/minute",
+            "TENANTLLM_DEFAULT_MAX_TOKENS": "32",  # the browser tab's turns: short answers
             "HF_HUB_OFFLINE": "1",
         }
         replicas = []
@@ -291,7 +292,7 @@ def test_the_team_cap_holds_at_the_engine_across_replicas(topology: Topology) ->
             answers = list(
                 pool.map(
                     lambda rk: ask(rk[0].base_url, rk[1], "Write a long story about the sea.",
-                                   max_tokens=48),
+                                   max_tokens=24),
                     zip(replicas, keys, strict=True),
                 )
             )  # fmt: skip

@@ -21,7 +21,7 @@ from tests.ui_helpers import app_db_url, make_user
 
 FLOOD = 200
 MAX_ROWS = 12  # a handful: the first few at once, then one summary per window
-WINDOW_S = 60  # TENANTLLM_REFUSAL_AUDIT_WINDOW_SECONDS (default) of the app under test
+WINDOW_S = 15  # TENANTLLM_REFUSAL_AUDIT_WINDOW_SECONDS of the app under test (app_server)
 ROUTES = ["/v1/models", "/v1/models/sales"]
 
 
