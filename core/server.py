@@ -114,6 +114,10 @@ def _lifespan(services: Services, state: EngineState):  # type: ignore[no-untype
             await services.siem.stop()
             if services.engine is not None:
                 await services.engine.stop()
+            # This replica's leases of the team caps go back now, not when they expire.
+            await services.scheduler.close()
+            if services.redis is not None:
+                await services.redis.aclose()
             await services.auditor.stop()
 
     return lifespan
