@@ -41,10 +41,10 @@ from core.auth.apikeys import create_key
 from core.chat import conversations as conv
 from core.config import Settings
 from tests.audit_helpers import pg_database
-from tests.fixtures.app_server import wait_ready
+from tests.fixtures.app_server import run_cli, wait_ready
 from tests.fixtures.chroma_server import ChromaServer, unique_chroma_tenant
 from tests.fixtures.common import BUNDLED_MODEL_DIR, REPO, free_port
-from tests.security.test_output_scoping import GradioSession, final_data
+from tests.security.test_output_scoping import GradioSession, final_job_row, listed_documents
 from tests.ui_helpers import make_user, signed_in_client, wait_for_audit
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(2400)]
@@ -97,10 +97,7 @@ class Replica:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`tenantllm ARGS` with this replica's settings."""
-        return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args], env=self.env, cwd=REPO,
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        return run_cli(self.env, *args)
 
 
 @dataclass
@@ -203,22 +200,6 @@ def tab_of(client: httpx.Client) -> GradioSession:
     return page
 
 
-def documents_of(session: GradioSession, team: str) -> dict[str, str]:
-    """File name -> document id, as the Documents tab lists them."""
-    picker = final_data(session.ok("reload", [team]))[1]
-    return {name: doc_id for name, doc_id in picker["choices"]}
-
-
-def wait_listed(session: GradioSession, team: str, name: str) -> dict[str, str]:
-    """The Documents tab's list once `name` is in it (indexed in the background)."""
-    deadline = time.monotonic() + 600
-    while True:
-        docs = documents_of(session, team)
-        if name in docs or time.monotonic() > deadline:
-            return docs
-        time.sleep(1)
-
-
 # --- 1. upload on A, answer with its source on B ----------------------------------------------
 def test_a_document_uploaded_on_a_is_cited_on_b(topology: Topology) -> None:
     editor = make_user(topology.issuer, ["sales-editors"], prefix="scale")
@@ -226,13 +207,13 @@ def test_a_document_uploaded_on_a_is_cited_on_b(topology: Topology) -> None:
     with signed_in_client(topology.a.base_url, editor) as client:
         page = tab_of(client)
         page.ok("do_upload", [[page.upload(DOC_NAME, text)], "sales"])
-        assert DOC_NAME in wait_listed(page, "sales", DOC_NAME)
+        assert DOC_NAME in listed_documents(page, "sales", DOC_NAME)
     answer = ask(topology.b.base_url, topology.key("sales"), QUESTION)
     assert answer.status_code == 200, answer.text
     assert DOC_NAME in sources_of(answer), answer.json()["tenantllm"]
     # B lists it too: the registry is the shared database's.
     with signed_in_client(topology.b.base_url, editor) as client:
-        assert DOC_NAME in documents_of(tab_of(client), "sales")
+        assert DOC_NAME in listed_documents(tab_of(client), "sales")
 
 
 # --- 2. sessions and conversations across replicas --------------------------------------------
@@ -379,12 +360,12 @@ def test_the_vector_store_down_is_a_clear_error_and_recovers(topology: Topology)
         assert "document store" in answer.json()["error"]["message"].lower(), answer.text
         with signed_in_client(topology.a.base_url, editor) as client:
             page = tab_of(client)
-            before = documents_of(page, "sales")
+            before = listed_documents(page, "sales")
             name = f"outage-{TAG}.md"
             page.ok("do_upload", [[page.upload(name, "Written while Chroma is down.\n")], "sales"])
-            row = _final_job_row(page, name)
+            row = final_job_row(page, "sales", name)
             assert row[1] == "refused", row
-            assert documents_of(page, "sales") == before  # nothing half-written
+            assert listed_documents(page, "sales") == before  # nothing half-written
     finally:
         topology.chroma.start()
     rows = wait_for_audit(
@@ -393,17 +374,6 @@ def test_the_vector_store_down_is_a_clear_error_and_recovers(topology: Topology)
     assert any(r.status == 503 for r in rows), [(r.action, r.status, r.detail) for r in rows]
     answer = ask(topology.b.base_url, key, QUESTION)
     assert answer.status_code == 200 and DOC_NAME in sources_of(answer), answer.text
-
-
-def _final_job_row(page: GradioSession, filename: str) -> list[Any]:
-    """The file's row in the Documents tab's results once its job has ended."""
-    deadline = time.monotonic() + 600
-    while True:
-        results = final_data(page.ok("docs_jobs_tick", ["sales", ""]))[0]["data"]
-        [row] = [r for r in results if r[0] == filename]
-        if row[1] not in {"queued", "running"} or time.monotonic() > deadline:
-            return list(row)
-        time.sleep(1)
 
 
 # --- 6. canaries ------------------------------------------------------------------------------
@@ -422,6 +392,6 @@ def test_the_sales_canary_never_reaches_finance_on_either_replica(topology: Topo
         assert CANARY not in other.text and DOC_NAME not in other.text
         with signed_in_client(replica.base_url, fin_editor) as client:
             page = tab_of(client)
-            assert DOC_NAME not in documents_of(page, "finance")
+            assert DOC_NAME not in listed_documents(page, "finance")
             refused = page.call("reload", ["sales"])
             assert refused[-1].get("success") is False and CANARY not in str(refused)

@@ -56,7 +56,7 @@ class IngestJobs:
         self._knowledge = knowledge
         self._auditor = auditor
         self._master = crypto.master_key(settings)
-        self._staged = StagedCopies(settings)
+        self._staged = StagedCopies(settings, knowledge.tenant_dir)
         self._host, self._token = socket.gethostname()[:64], uuid.uuid4().hex[:12]
         self.worker_id = f"{self._host}:{os.getpid()}:{self._token}"
         self._wake = threading.Event()
@@ -113,7 +113,7 @@ class IngestJobs:
             return NewJob(job_id, _display_name(name), 0, error=error)
         key = crypto.tenant_key(self._master, tenant.id)
         blob = crypto.encrypt(key, tenant.id, _aad(job_id), checked.data)
-        self._staged.put(tenant.id, self._knowledge.tenant_dir(tenant), job_id, blob)
+        self._staged.put(tenant, job_id, blob)
         return NewJob(job_id, checked.name, len(checked.data))
 
     # --- running ----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class IngestJobs:
             self._delete_staged(tenant, job.id)
 
     def _read_staged(self, tenant: Tenant, job_id: str) -> bytes | None:
-        blob = self._staged.get(tenant.id, self._knowledge.tenant_dir(tenant), job_id)
+        blob = self._staged.get(tenant, job_id)
         if blob is None:
             return None
         key = crypto.tenant_key(self._master, tenant.id)
@@ -245,7 +245,7 @@ class IngestJobs:
             tenant = self._knowledge.tenants.get(job.tenant_id)
             if job.document_id:  # stopped while storing: remove what it may have written
                 self._knowledge.discard_partial(tenant, job.document_id)
-            kept = self._staged.exists(tenant.id, self._knowledge.tenant_dir(tenant), job.id)
+            kept = self._staged.exists(tenant, job.id)
         except TenantLLMError as exc:
             tenant, kept, error = None, False, exc.message
         with session_scope(self._db) as session:
@@ -267,7 +267,7 @@ class IngestJobs:
         self._audit(failed, requested_sub)
 
     def _delete_staged(self, tenant: Tenant, job_id: str) -> None:
-        self._staged.delete(tenant.id, self._knowledge.tenant_dir(tenant), job_id)
+        self._staged.delete(tenant, job_id)
 
     # --- the thread -------------------------------------------------------------------------
     def start(self) -> None:

@@ -147,7 +147,7 @@ class World:
             yield session
 
 
-def _docs_of(session: GradioSession, team: str, *wanted: str) -> dict[str, str]:
+def listed_documents(session: GradioSession, team: str, *wanted: str) -> dict[str, str]:
     """filename -> document id, from the Documents tab's list (once `wanted` are indexed:
     uploads are indexed in the background)."""
     deadline = time.monotonic() + 300
@@ -156,6 +156,18 @@ def _docs_of(session: GradioSession, team: str, *wanted: str) -> dict[str, str]:
         docs = {name: doc_id for name, doc_id in picker["choices"]}
         if all(w in docs for w in wanted) or time.monotonic() > deadline:
             return docs
+        time.sleep(0.5)
+
+
+def final_job_row(session: GradioSession, team: str, filename: str) -> list[Any]:
+    """The file's row in the Documents tab's results once its job has ended (polled as the
+    page's timer does)."""
+    deadline = time.monotonic() + 300
+    while True:
+        results = final_data(session.ok("docs_jobs_tick", [team, ""]))[0]["data"]
+        [row] = [r for r in results if r[0] == filename]
+        if row[1] not in {"queued", "running"} or time.monotonic() > deadline:
+            return list(row)
         time.sleep(0.5)
 
 
@@ -170,7 +182,7 @@ def _team_rows(world: World, who: str, team: str, canary: str, prefix: str) -> N
     with world.session(who) as session:
         files = [session.upload(f"{canary}-{n}.txt", f"{canary} {n} notes.") for n in ("a", "b")]
         session.ok("do_upload", [files, team])
-        docs = _docs_of(session, team, f"{canary}-a.txt", f"{canary}-b.txt")
+        docs = listed_documents(session, team, f"{canary}-a.txt", f"{canary}-b.txt")
         world.ids[f"{prefix}_doc"] = docs[f"{canary}-a.txt"]
         world.ids[f"{prefix}_doc_spare"] = docs[f"{canary}-b.txt"]
         world.ids[f"{prefix}_key"], world.ids[f"{prefix}_secret"] = _new_key(session, team)

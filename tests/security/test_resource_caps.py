@@ -14,12 +14,10 @@ import os
 import select
 import socket
 import sqlite3
-import time
 import zipfile
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +29,7 @@ from core.db import session_scope, utcnow
 from core.knowledge.documents import DocumentRow
 from core.knowledge.service import KnowledgeService
 from tests.knowledge_support import make_docx, make_pdf, make_service, stored_state, write
-from tests.security.test_output_scoping import GradioSession
+from tests.security.test_output_scoping import GradioSession, final_job_row
 from tests.ui_helpers import app_db_url, make_user, signed_in_client, wait_for_audit
 
 DEFAULTS = Settings()
@@ -197,7 +195,7 @@ def test_upload_over_the_text_cap_is_refused_shown_and_audited(app_server) -> No
         }
         page.ok("do_upload", [[file_data], "sales"])
         # Its XML passes the cheap check on arrival; the job reads the text and refuses it.
-        name, status, chunks, detail = _final_job_row(page, "terms-bomb.docx")
+        name, status, chunks, detail = final_job_row(page, "sales", "terms-bomb.docx")
     assert (name, status, chunks) == ("terms-bomb.docx", "refused", 0)
     assert "characters" in detail and f"{TEXT_CAP:,}" in detail, detail
     assert _app_state(app_server.data_dir, "sales") == before
@@ -212,18 +210,6 @@ def test_upload_over_the_text_cap_is_refused_shown_and_audited(app_server) -> No
     assert job.outcome == "error", job
     assert "terms-bomb.docx: " in (job.detail or ""), job.detail
     assert f"{TEXT_CAP:,} characters" in (job.detail or ""), job.detail
-
-
-def _final_job_row(page: GradioSession, filename: str, deadline_s: float = 300) -> list[Any]:
-    """The file's row in the Documents tab's results once its job has ended (polled as the
-    page's timer does)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        results = page.ok("docs_jobs_tick", ["sales", ""])[-1]["output"]["data"][0]["data"]
-        [row] = [r for r in results if r[0] == filename]
-        if row[1] not in {"queued", "running"} or time.monotonic() > end:
-            return list(row)
-        time.sleep(0.5)
 
 
 # --- the real app: the /v1 body cap ----------------------------------------------------------
