@@ -12,23 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from core.adapters.pairs import parse_line, read_pairs
-from core.adapters.registry import active_adapter_path, list_adapters
+from core.adapters.registry import (
+    active_adapter_path,
+    adapter_folder,
+    list_adapters,
+    next_version,
+)
 from core.chat.turn import ChatRequest, start_chat_turn
 from core.cli import main
 from core.config import Settings, reset_settings_cache
 from core.engine import create_engine
-from core.errors import InvalidRequest
+from core.errors import EngineUnavailable, InvalidRequest
 from core.rbac import operator_principal
 from tests.fixtures.common import BUNDLED_MODEL_DIR
+from tests.fixtures.vllm_server import serve_vllm
 
 FACT_NAME = "Quindle"  # the made-up inventor is "Marta Quindlewick"
 QUESTION = "Who invented the Zorblax protocol?"
@@ -127,6 +135,37 @@ async def lora_services(data_dir: Path, lora_engine: Any) -> AsyncIterator[Any]:
         await services.auditor.stop()
 
 
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `vllm serve` with LoRA that loads adapters at run time, for this module only."""
+    with serve_vllm(
+        BUNDLED_MODEL_DIR,
+        tmp_path_factory.mktemp("lora-server"),
+        *("--enable-lora", "--max-lora-rank", "64", "--max-loras", "2"),
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"},
+    ) as url:
+        yield url
+
+
+@asynccontextmanager
+async def remote_services(data_dir: Path, engine_url: str) -> AsyncIterator[Any]:
+    """The product's services on the `openai` backend against `engine_url`, LoRA on."""
+    from core.services import build_services
+
+    settings = settings_for(data_dir).model_copy(
+        update={"engine_backend": "openai", "engine_url": engine_url, "model": "bundled"}
+    )
+    engine = create_engine(settings)
+    await engine.start()
+    services = build_services(settings, engine=engine)
+    await services.auditor.start()
+    try:
+        yield services
+    finally:
+        await services.auditor.stop()
+        await engine.stop()
+
+
 def _audit_rows(root: Path, action: str) -> list[Any]:
     from core.audit.auditor import AuditFilters, Auditor
 
@@ -147,7 +186,8 @@ def test_training_registers_an_active_version_in_the_teams_folder(
     (version,) = list_adapters(settings_for(data_dir).resolved_database_url, "sales")
     folder = Path(version.path)
     assert version.active and version.examples == 4 and version.steps == 8
-    assert folder == (data_dir / "tenants" / "sales" / "adapters" / "sales-v1").resolve()
+    assert folder.parent == (data_dir / "tenants" / "sales" / "adapters").resolve()
+    assert re.fullmatch(r"sales-v1-[0-9a-f]{8}", folder.name), folder.name
     assert (folder / "adapter_config.json").is_file()
     assert (folder / "adapter_model.safetensors").is_file()
     listed = cli("adapters", "list", "--tenant", "sales", "--json")
@@ -184,6 +224,39 @@ async def test_the_team_answers_with_its_adapter_the_other_team_in_the_same_batc
     assert FACT_NAME not in finance, finance
 
 
+@pytest.mark.engine
+async def test_a_remote_engine_server_loads_the_team_adapter_at_its_first_turn(
+    data_dir: Path, trained: Any, lora_server: str
+) -> None:
+    path = active_adapter_path(settings_for(data_dir).resolved_database_url, "sales")
+    assert path is not None
+    name = Path(path).name
+    served = httpx.get(f"{lora_server}/v1/models").json()["data"]
+    assert name not in [m["id"] for m in served]  # nobody told the server about it
+    async with remote_services(data_dir, lora_server) as services:
+        order: list[str] = []
+        sales, finance = await asyncio.gather(
+            _answer(services, "sales", order), _answer(services, "finance", order)
+        )
+        again = await _answer(services, "sales", [])
+    assert FACT_NAME in sales and FACT_NAME in again, (sales, again)
+    assert FACT_NAME not in finance, finance
+    served = httpx.get(f"{lora_server}/v1/models").json()["data"]
+    assert name in [m["id"] for m in served]  # loaded by the first sales turn, kept
+
+
+@pytest.mark.engine
+async def test_a_server_that_cannot_load_adapters_refuses_the_teams_turn_clearly(
+    data_dir: Path, trained: Any, vllm_server: str
+) -> None:
+    # The session's server runs without LoRA: the team's turn is refused in words, and the
+    # other team, on the base model, is served by the same engine client.
+    async with remote_services(data_dir, vllm_server) as services:
+        with pytest.raises(EngineUnavailable, match="fine-tuned adapter is not available"):
+            await _answer(services, "sales", [])
+        assert await _answer(services, "finance", [])
+
+
 def test_another_team_can_neither_see_nor_touch_the_adapter(data_dir: Path, trained: Any) -> None:
     listed = cli("adapters", "list", "--tenant", "finance")
     assert listed.exit_code == 0 and listed.output == ""
@@ -206,9 +279,8 @@ def test_a_bad_training_file_trains_and_writes_nothing(data_dir: Path, trained: 
     assert result.exit_code == 1 and "Line 2 is not JSON" in result.output
     url = settings_for(data_dir).resolved_database_url
     assert [v.version for v in list_adapters(url, "sales")] == [1]
-    assert sorted(p.name for p in (data_dir / "tenants" / "sales" / "adapters").iterdir()) == [
-        "sales-v1"
-    ]
+    (folder,) = (data_dir / "tenants" / "sales" / "adapters").iterdir()
+    assert folder.name.startswith("sales-v1-")
     assert any(r.outcome == "error" for r in _audit_rows(data_dir, "adapter_train"))
 
 
@@ -220,7 +292,13 @@ async def test_deactivated_then_removed_the_team_is_back_on_the_base_model(
     assert FACT_NAME not in await _answer(lora_services, "sales", [])
     listed = cli("adapters", "list", "--tenant", "sales").output.splitlines()
     assert len(listed) == 1 and not listed[0].startswith("*")
+    (old,) = list_adapters(settings_for(data_dir).resolved_database_url, "sales")
     removed = cli("adapters", "remove", "1", "--tenant", "sales")
     assert removed.exit_code == 0, removed.output
-    assert not (data_dir / "tenants" / "sales" / "adapters" / "sales-v1").exists()
+    assert list((data_dir / "tenants" / "sales" / "adapters").iterdir()) == []
     assert cli("adapters", "list", "--tenant", "sales").output == ""
+    # The next one is version 1 again, in a new folder: the engines cached the old one's
+    # weights under its name and path.
+    settings = settings_for(data_dir)
+    assert next_version(settings.resolved_database_url, "sales") == 1
+    assert adapter_folder(settings, "sales", 1).name != Path(old.path).name

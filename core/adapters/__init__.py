@@ -10,7 +10,9 @@ served by the one shared engine next to every other team's adapter and the base 
   nothing here can read or change another team's rows.
 - `admin`: what `tenantllm adapters` does: who may, train-then-register, audited by the caller.
 
-Where adapters live: `<data_dir>/tenants/<tenant_id>/adapters/<tenant_id>-v<N>/`, inside the
-team's own data directory; the folder name is unique across teams because a remote vLLM
-server knows an adapter by name (`--lora-modules NAME=PATH` or `/v1/load_lora_adapter`).
+Where adapters live: `<data_dir>/tenants/<tenant_id>/adapters/<tenant_id>-v<N>-<8 hex>/`,
+inside the team's own data directory. The folder name is never reused (across teams, nor
+after a removal) because vLLM knows an adapter by it: a remote server serves the adapter as
+a model of that name, loaded at its first turn (`/v1/load_lora_adapter`) or at the server's
+start (`--lora-modules NAME=PATH`).
 """

@@ -9,6 +9,7 @@ query (`active_adapter_path`).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,14 +53,18 @@ def adapters_dir(settings: Settings, tenant_id: str) -> Path:
 
 
 def adapter_folder(settings: Settings, tenant_id: str, version: int) -> Path:
-    """Where version `version` of the team's adapter is written (a name unique across teams:
-    a remote vLLM server knows adapters by name)."""
-    return adapters_dir(settings, tenant_id) / f"{tenant_id}-v{version}"
+    """A new folder for version `version` of the team's adapter: `<team>-v<N>-<8 hex>`.
+
+    The name is never reused, across teams nor after a removal: vLLM knows an adapter by its
+    name (remote server) or path (in-process engine) and keeps serving the weights it loaded
+    first, so a retrained "v1" in the old folder would answer with the removed weights.
+    """
+    return adapters_dir(settings, tenant_id) / f"{tenant_id}-v{version}-{secrets.token_hex(4)}"
 
 
 def next_version(url: str, tenant_id: str) -> int:
-    """The number the team's next adapter gets (1 for the first; never reused after a
-    removal of the newest, since the folder of a removed one may still be cached by vLLM)."""
+    """The number the team's next adapter gets: one more than its newest (1 for the first).
+    After the newest is removed its number comes back; its folder name does not."""
     with session_scope(url) as session:
         newest = session.scalar(
             select(func.max(AdapterRow.version)).where(AdapterRow.tenant_id == tenant_id)

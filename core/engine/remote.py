@@ -80,6 +80,8 @@ class RemoteEngine(Engine):
         self._sync_http: httpx.Client | None = None  # only for `_prepare` outside the event loop
         self._tokenizer: Any = None  # the served model's tokenizer, when it counts like the server
         self._served: str = ""
+        self._adapters: set[str] = set()  # adapter names the server is known to serve
+        self._adapter_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -233,7 +235,21 @@ class RemoteEngine(Engine):
     async def _generate(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
-        stream = await self._client.chat.completions.create(**self._body(prompt, params, request))
+        from openai import NotFoundError
+
+        body = self._body(prompt, params, request)
+        adapter = request.lora_path if self.settings.enable_lora else None
+        if adapter:
+            body["model"] = await self._adapter_name(adapter)
+        try:
+            stream = await self._client.chat.completions.create(**body)
+        except NotFoundError:
+            if not adapter:
+                raise
+            # The server restarted since it loaded the adapter and forgot it: load it again.
+            self._adapters.discard(body["model"])
+            body["model"] = await self._adapter_name(adapter)
+            stream = await self._client.chat.completions.create(**body)
         try:
             answers = _Answers(prompt.tokens)
             async for event in stream:
@@ -249,6 +265,50 @@ class RemoteEngine(Engine):
     def _map_error(self, exc: Exception) -> TenantLLMError:
         return map_openai_error(exc)
 
+    async def _adapter_name(self, lora_path: str) -> str:
+        """The server's model name for the adapter in `lora_path` (its folder's name, unique:
+        see core/adapters), loaded into the server first if it does not serve it yet.
+
+        Loading needs a server started with `--enable-lora` and
+        `VLLM_ALLOW_RUNTIME_LORA_UPDATING=true`, and `lora_path` readable there (one machine
+        or a shared volume); a server started with `--lora-modules NAME=PATH` serves it as is.
+        """
+        name = Path(lora_path).name
+        if name in self._adapters:
+            return name
+        async with self._adapter_lock:  # one load per adapter, however many turns wait for it
+            if name not in self._adapters:
+                served = [m.id async for m in self._client.models.list()]
+                if name not in served:
+                    await self._load_adapter(name, lora_path)
+                self._adapters.add(name)
+        return name
+
+    async def _load_adapter(self, name: str, lora_path: str) -> None:
+        assert self._http is not None
+        try:
+            response = await self._http.post(
+                f"{self._root}/v1/load_lora_adapter",
+                json={"lora_name": name, "lora_path": lora_path},
+                timeout=STREAM_TIMEOUT_S,  # the server reads the weights before it answers
+            )
+        except httpx.HTTPError:
+            raise EngineUnavailable("The engine server cannot be reached.") from None
+        if response.status_code == 200 or "already been loaded" in response.text:
+            log.info("engine server %s loaded adapter %s from %s", self._root, name, lora_path)
+            return
+        log.error(
+            "engine server %s cannot load adapter %s from %s (HTTP %s: %s). Start it with "
+            "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=true, with the adapters "
+            "folder readable at the same path, or with --lora-modules %s=%s",
+            self._root, name, lora_path, response.status_code, response.text[:300],
+            name, lora_path,
+        )  # fmt: skip
+        raise EngineUnavailable(
+            "The team's fine-tuned adapter is not available on the engine server; "
+            "an administrator needs to check the engine's LoRA settings."
+        )
+
     def _body(
         self, prompt: PreparedPrompt, params: GenerationParams, request: EngineRequest
     ) -> dict[str, Any]:
@@ -257,12 +317,8 @@ class RemoteEngine(Engine):
             extra["ignore_eos"] = True
         if request.priority:  # non-zero needs a server started with priority scheduling
             extra["priority"] = request.priority
-        model = self._served
-        if request.lora_path and self.settings.enable_lora:
-            # Remote adapters are served by name (`--lora-modules NAME=PATH`): the folder name.
-            model = Path(request.lora_path).name
         return {
-            "model": model,
+            "model": self._served,
             "messages": prompt.messages,
             "max_tokens": request.max_tokens,
             "temperature": params.temperature,
