@@ -21,15 +21,12 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import pg_database
 from core.audit.auditor import AuditEvent, Auditor
 from core.config import Settings
-from core.db import dispose_engines, upgrade_database
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+from core.db import upgrade_database
 
 
 def _event(n: int) -> AuditEvent:
@@ -108,17 +105,9 @@ def main() -> None:
         print(json.dumps({"backend": "sqlite", **result}))
         if args.no_postgres:
             return
-        name = f"tlm_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        with pg_database("tlm_bench") as url:
             result = run(url, base / "pg", args.events, args.threads)
             print(json.dumps({"backend": "postgresql", **result}))
-        finally:
-            dispose_engines()
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ the same run (these machines are shared and noisy, absolute numbers drift betwee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import math
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,52 @@ async def closed_loop(
 
 
 # --- processes and memory ----------------------------------------------------------------
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"  # the machines' PostgreSQL (trust)
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one benchmark; its SQLAlchemy URL. Dropped after."""
+    import uuid
+
+    import psycopg
+
+    from core.db import dispose_engines
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def sample_peak_memory(pids: list[int]) -> AsyncIterator[dict[str, float]]:
+    """Sample the memory of `pids`' process trees every second while the block runs; the
+    yielded dict holds the peaks (`rss_mib`, `pss_mib`) once it ends."""
+    peak: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            now = await asyncio.to_thread(tree_memory, pids)
+            for key in ("rss_mib", "pss_mib"):
+                peak[key] = max(peak.get(key, 0.0), now[key])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        yield peak
+    finally:
+        stop.set()
+        await sampler
+
+
 def tree_memory(pids: Iterable[int]) -> dict[str, float]:
     """RSS and PSS (MiB) summed over the given processes and all their descendants."""
     import psutil

@@ -128,9 +128,15 @@ def raw_prompt(llm: Any, messages: list[dict[str, str]]) -> tuple[list[int], str
 
 
 async def raw_request(
-    llm: Any, prompt: tuple[list[int], str], max_tokens: int, seed: int, priority: int = 0
+    llm: Any,
+    prompt: tuple[list[int], str],
+    max_tokens: int,
+    seed: int,
+    priority: int = 0,
+    lora: Any = None,
 ) -> RequestStats:
-    """One streamed request straight to AsyncLLM: TTFT, tokens produced, latency."""
+    """One streamed request straight to AsyncLLM (with the LoRARequest `lora`, if any): TTFT,
+    tokens produced, latency."""
     from vllm import SamplingParams
     from vllm.inputs.engine import tokens_input
 
@@ -138,7 +144,11 @@ async def raw_request(
     started = time.perf_counter()
     ttft, tokens = float("nan"), 0
     async for out in llm.generate(
-        tokens_input(prompt[0], prompt=prompt[1]), sampling, uuid.uuid4().hex, priority=priority
+        tokens_input(prompt[0], prompt=prompt[1]),
+        sampling,
+        uuid.uuid4().hex,
+        priority=priority,
+        lora_request=lora,
     ):
         tokens = len(out.outputs[0].token_ids)
         if tokens and ttft != ttft:
@@ -195,7 +205,9 @@ class AppProcess:
             "TENANTLLM_TENANT_MAX_CONCURRENCY": "64",
             **(extra_env or {}),
         }
-        settings = Settings(data_dir=self.data_dir, model=str(model_dir))
+        # The key goes where the server will look: its own SQLite, or a shared database.
+        database_url = self.env.get("TENANTLLM_DATABASE_URL", "")
+        settings = Settings(data_dir=self.data_dir, model=str(model_dir), database_url=database_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade_database(settings.resolved_database_url)
         self.api_key = create_key(settings, tenant_id=BENCH_TENANT, created_by="bench").secret

@@ -52,15 +52,18 @@ BENCHMARKS: dict[str, str] = {
     "budgets": "bench.budget_overhead",
     "response_cache": "bench.response_cache",
     "gateway": "bench.gateway_overhead",
+    "replicas": "bench.replicas",
     "answers": "bench.answer_quality",
+    "adapters": "bench.adapters",
     "cpu_allocator": "bench.cpu_allocator",
+    "retrieval_server": "bench.retrieval_server",
     "quality": "bench.retrieval_quality",
     "retrieval": "bench.retrieval_bench",
     "embeddings": "bench.embedding_bench",
 }
 ENGINE_BENCHMARKS = {
     "overhead", "shared", "fairness", "metrics", "prefix", "scaling", "budgets", "answers",
-    "response_cache",
+    "response_cache", "adapters",
 }  # fmt: skip
 
 

@@ -12,7 +12,6 @@ sampled during the load; the peak is reported.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -26,8 +25,8 @@ from bench.common import (
     new_children,
     percentile,
     ratio,
+    sample_peak_memory,
     target,
-    tree_memory,
 )
 from bench.engines import QUESTIONS, build_raw_engine, kv_budget, raw_prompt, raw_request
 from bench.engines import shutdown_engine as _shutdown
@@ -45,15 +44,6 @@ def _prompts(llm: Any, tenant: str) -> list[tuple[list[int], str]]:
         raw_prompt(llm, [{"role": "system", "content": system}, {"role": "user", "content": q}])
         for q in QUESTIONS
     ]
-
-
-async def _sample_memory(pids: list[int], peak: dict[str, float], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        now = await asyncio.to_thread(tree_memory, pids)
-        for key in ("rss_mib", "pss_mib"):
-            peak[key] = max(peak.get(key, 0.0), now[key])
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 async def _load(
@@ -79,12 +69,8 @@ async def _measure(
 ) -> dict[str, Any]:
     max_tokens = ctx.scale(48, 16)
     await _load(engines, 1, 1, 8, ctx.seed)  # warm up every engine
-    peak: dict[str, float] = {}
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample_memory(pids, peak, stop))
-    load = await _load(engines, users, ctx.scale(3, 1), max_tokens, ctx.seed)
-    stop.set()
-    await sampler
+    async with sample_peak_memory(pids) as peak:
+        load = await _load(engines, users, ctx.scale(3, 1), max_tokens, ctx.seed)
     ttft = load.ttft_ms()
     return {
         "tokens_per_s": load.tokens_per_s,

@@ -141,7 +141,7 @@ def lora_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with serve_vllm(
         BUNDLED_MODEL_DIR,
         tmp_path_factory.mktemp("lora-server"),
-        *("--enable-lora", "--max-lora-rank", "64", "--max-loras", "2"),
+        *("--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"),
         env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"},
     ) as url:
         yield url
@@ -270,6 +270,20 @@ def test_another_team_can_neither_see_nor_touch_the_adapter(data_dir: Path, trai
     assert active_adapter_path(url, "sales") is not None  # untouched
     refusals = [r for r in _audit_rows(data_dir, "adapter_remove") if r.outcome == "error"]
     assert refusals and all(r.tenant_id == "finance" for r in refusals)
+
+
+def test_a_rank_above_what_the_engine_serves_is_refused_before_training(
+    data_dir: Path, trained: Any
+) -> None:
+    pairs = data_dir / "pairs.jsonl"  # written by `trained`
+    result = cli("adapters", "train", "--tenant", "sales", "--data", str(pairs), "--rank", "16")
+    assert result.exit_code == 1
+    assert "The engine serves adapters up to rank 8 (TENANTLLM_MAX_LORA_RANK)" in result.output
+    url = settings_for(data_dir).resolved_database_url
+    assert [v.version for v in list_adapters(url, "sales")] == [1]
+    assert len(list((data_dir / "tenants" / "sales" / "adapters").iterdir())) == 1
+    refused = [r for r in _audit_rows(data_dir, "adapter_train") if r.outcome == "error"]
+    assert any("rank 8" in (r.detail or "") for r in refused), refused
 
 
 def test_a_bad_training_file_trains_and_writes_nothing(data_dir: Path, trained: Any) -> None:

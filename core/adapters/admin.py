@@ -78,6 +78,12 @@ def train_team_adapter(
     `activate` make it the one the team's chat turns use)."""
     require_adapter_manager(principal, tenant.id)
     options.check()
+    if options.rank > settings.max_lora_rank:
+        raise InvalidRequest(
+            f"The engine serves adapters up to rank {settings.max_lora_rank} "
+            f"(TENANTLLM_MAX_LORA_RANK); train with --rank {settings.max_lora_rank} or lower, "
+            "or raise the setting (every adapter turn gets slower with it)."
+        )
     pairs = read_pairs(data)
     model_dir = resolve_model(settings)
     url = settings.resolved_database_url

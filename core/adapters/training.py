@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # The projections vLLM's LoRA layers cover for Llama-style models (SmolLM2, Llama, Qwen):
 # attention and MLP, not the embeddings or the head (vLLM's extra-vocab support is gone).
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RANKS = (1, 8, 16, 32, 64)  # ranks vLLM accepts, up to the engine's max_lora_rank (64)
+LORA_RANKS = (1, 8, 16, 32, 64)  # ranks vLLM accepts; the engine's max_lora_rank caps them
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,12 @@ def build_async_llm(settings: Settings, model: str) -> Any:
     s = settings
     lora: dict[str, Any] = {}
     if s.enable_lora:
-        lora = {"enable_lora": True, "max_loras": 4, "max_lora_rank": 64, "max_cpu_loras": 8}
+        lora = {
+            "enable_lora": True,
+            "max_loras": 4,
+            "max_lora_rank": s.max_lora_rank,
+            "max_cpu_loras": 8,
+        }
     # On a GPU the KV cache is sized from free GPU memory; on the CPU it must be explicit
     # (otherwise vLLM reserves 92% of the machine's memory).
     on_cpu = current_platform.is_cpu()
