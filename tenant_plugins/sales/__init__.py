@@ -21,13 +21,15 @@ USER = (
 
 @hookimpl
 def tenantllm_register_tenants(register: Callable[[Tenant], None]) -> None:
-    """Register the `sales` tenant (default retriever and store)."""
+    """Register the `sales` tenant (default retriever and store, top_k 2)."""
     register(
         Tenant(
             id="sales",
             display_name="Sales",
             description="Pricing, discounts, offers and customer questions.",
             prompt=PromptTemplate(system=SYSTEM, user=USER),
-            temperature=0.0,  # greedy: the demo answer-quality set's best (bench/answer_quality.py)
+            # Greedy, two chunks: the demo answer-quality set's best (bench/answer_quality.py).
+            temperature=0.0,
+            top_k=2,
         )
     )
